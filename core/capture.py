@@ -1,0 +1,88 @@
+"""Capture what the first decoder block receives, and run one block over captured inputs.
+
+The first block's inputs are caught with a forward pre-hook that stops the model right there,
+so whatever the family computes before its blocks (embeddings, rotary tables, masks; the
+`cache` keyword of transformers 5) is recorded as-is instead of being rebuilt by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .events import CancelToken, EventSink, Phase
+
+
+class _StopForward(Exception):
+    pass
+
+
+@dataclass
+class BlockInputs:
+    """One batch of windows as the blocks see it: hidden states plus the other call arguments."""
+
+    hidden: torch.Tensor
+    args: tuple
+    kwargs: dict
+
+
+def batches(input_ids: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    return [input_ids[i:i + batch_size] for i in range(0, input_ids.shape[0], batch_size)]
+
+
+def auto_batch_size(seqlen: int, target_tokens: int = 4096) -> int:
+    return max(1, target_tokens // max(seqlen, 1))
+
+
+def move_outside_blocks(model: nn.Module, blocks: nn.ModuleList, device: torch.device) -> None:
+    """Move every parameter and buffer that is not inside a decoder block (embeddings, final norm, head)."""
+    inside = {id(m) for m in blocks.modules()}
+    for module in model.modules():
+        if id(module) in inside:
+            continue
+        for name, param in module.named_parameters(recurse=False):
+            if param.device != device:
+                param.data = param.data.to(device)
+        for name, buf in module.named_buffers(recurse=False):
+            if buf is not None and buf.device != device:
+                module._buffers[name] = buf.to(device)
+
+
+@torch.no_grad()
+def capture_first_block_inputs(
+    model: nn.Module,
+    blocks: nn.ModuleList,
+    input_ids: torch.Tensor,
+    device: torch.device,
+    batch_size: int,
+    on_event: EventSink,
+    cancel: CancelToken,
+) -> list[BlockInputs]:
+    captured: list[BlockInputs] = []
+
+    def catch(module, args, kwargs):
+        hidden, rest = (args[0], args[1:]) if args else (kwargs.pop("hidden_states"), ())
+        captured.append(BlockInputs(hidden, rest, dict(kwargs)))
+        raise _StopForward
+
+    handle = blocks[0].register_forward_pre_hook(catch, with_kwargs=True)
+    chunks = batches(input_ids, batch_size)
+    try:
+        for i, chunk in enumerate(chunks):
+            cancel.check()
+            on_event(Phase("capture inputs", i, len(chunks)))
+            try:
+                model(input_ids=chunk.to(device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    on_event(Phase("capture inputs", len(chunks), len(chunks)))
+    return captured
+
+
+def run_block(block: nn.Module, inputs: BlockInputs) -> torch.Tensor:
+    out = block(inputs.hidden, *inputs.args, **inputs.kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out

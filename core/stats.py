@@ -1,0 +1,73 @@
+"""Per-layer statistics of the calibration inputs, accumulated by forward hooks.
+
+Wanda needs the squared norm of every input column, sum_t X[t, j]^2; SparseGPT the
+Hessian of the layer-wise squared error, H = 2 XᵀX / n (float32). Layers that receive
+the very same input tensor (q, k, v; gate, up) share one computation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+COLUMN_NORMS = "column_norms"
+HESSIAN = "hessian"
+
+
+@dataclass
+class LayerStats:
+    tokens: int = 0
+    column_sq_norms: torch.Tensor | None = None   # [in], sum over tokens of X[:, j]^2
+    xtx: torch.Tensor | None = None               # [in, in], sum over tokens of XᵀX
+
+    @property
+    def column_norms(self) -> torch.Tensor:
+        return self.column_sq_norms.sqrt()
+
+    @property
+    def hessian(self) -> torch.Tensor:
+        return self.xtx * (2.0 / max(self.tokens, 1))
+
+
+class StatsCollector:
+    """Hooks the given linear layers; after the block has run forward, `close()` returns their stats.
+
+    Layers fed the same tensor object within one forward (q/k/v after the same norm) are
+    found on the first call and share one `LayerStats`: the sums are computed once.
+    """
+
+    def __init__(self, layers: dict[str, nn.Module], needs: set[str]):
+        self._needs = needs
+        self._own: dict[str, LayerStats] = {}
+        self._leader: dict[str, str] = {}
+        self._last: tuple[torch.Tensor, str] | None = None
+        self._handles = [layer.register_forward_hook(self._hook(name)) for name, layer in layers.items()]
+
+    def _hook(self, name: str):
+        def hook(module, inputs, output):
+            self._record(name, inputs[0])
+        return hook
+
+    def _record(self, name: str, inp: torch.Tensor) -> None:
+        if name not in self._leader:
+            shares = self._last is not None and self._last[0] is inp
+            self._leader[name] = self._leader[self._last[1]] if shares else name
+        self._last = (inp, name)
+        if self._leader[name] != name:
+            return
+        stats = self._own.setdefault(name, LayerStats())
+        x = inp.detach().reshape(-1, inp.shape[-1]).float()
+        stats.tokens += x.shape[0]
+        if COLUMN_NORMS in self._needs:
+            sq = (x * x).sum(0)
+            stats.column_sq_norms = sq if stats.column_sq_norms is None else stats.column_sq_norms.add_(sq)
+        if HESSIAN in self._needs:
+            stats.xtx = x.t() @ x if stats.xtx is None else stats.xtx.addmm_(x.t(), x)
+
+    def close(self) -> dict[str, LayerStats]:
+        for handle in self._handles:
+            handle.remove()
+        self._last = None
+        return {name: self._own[leader] for name, leader in self._leader.items()}

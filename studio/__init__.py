@@ -1,0 +1,1 @@
+"""Compression Studio's Qt layer: it calls `core`, never the other way round."""
