@@ -4,12 +4,19 @@ For each decoder block: run it over the current inputs while hooks gather what t
 prune its linear layers, then run the pruned block to produce the next block's inputs (so block
 k+1 is calibrated on the outputs of the already-pruned block k). Only the current block sits on
 the compute device. A cancel or an error restores every weight changed so far.
+
+There is one loop, `prune_blocks`, fed by a *block source*: `InMemoryBlocks` (a loaded model, pruned
+in place; `prune`) or `core.streaming.StreamedBlocks` (blocks read from safetensors onto a meta-device
+skeleton when their turn comes). An optional *block sink* receives every block once it is pruned
+(the streaming export writes its tensors there). Activations between blocks stay in the model's
+dtype (`core.activations`); each block computes in `compute_dtype` (float32 on the CPU by default).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -17,15 +24,16 @@ from torch import nn
 from . import summaries
 from .architectures import set_weight_matrix, weight_matrix
 from .calibration import CalibrationSet
-from .capture import (BlockInputs, auto_batch_size, capture_first_block_inputs, move_outside_blocks,
-                      run_block)
+from .activations import ActivationBudget, ActivationStore, hidden_bytes
+from .capture import BlockCall, auto_batch_size, capture_first_block_inputs, move_outside_blocks, run_block
 from .events import BlockStarted, CancelToken, EventSink, Finished, LayerPruned, Message, Phase, ignore
 from .masks import follows_pattern
 from .methods import METHODS
 from .methods.sparsegpt import NotPositiveDefinite
 from .models import LoadedModel
+from .placement import block_devices
 from .plan import PrunePlan, resolve_device
-from .stats import StatsCollector
+from .stats import HESSIAN, StatsCollector
 
 
 @dataclass
@@ -73,6 +81,72 @@ class PruneResult:
         }
 
 
+class BlockSource(Protocol):
+    """Where the blocks come from and go back to; `restores` tells whether a cancel must restore weights."""
+
+    model: nn.Module
+    layout: object
+    storage_dtype: torch.dtype
+    restores: bool
+
+    def prepare(self, device: torch.device) -> None: ...            # what runs before block 0, on `device`
+    def load(self, index: int, device: torch.device, dtype: torch.dtype) -> nn.Module: ...
+    def unload(self, index: int, block: nn.Module) -> None: ...
+    def close(self) -> None: ...                                      # every tensor back where it lived
+
+
+class BlockSink(Protocol):
+    def write_block(self, index: int, block: nn.Module) -> None: ...
+
+
+class InMemoryBlocks:
+    """The blocks of a loaded model, pruned in place: each visits the compute device (and compute dtype) for its turn."""
+
+    restores = True
+
+    def __init__(self, loaded: LoadedModel):
+        self.model, self.layout = loaded.model, loaded.layout
+        self.home = next(self.model.parameters()).device
+        self.storage_dtype = next(self.layout.blocks.parameters()).dtype
+        self._dtypes: dict[int, dict[str, torch.dtype]] = {}
+
+    def prepare(self, device):
+        move_outside_blocks(self.model, self.layout.blocks, device)
+
+    def load(self, index, device, dtype):
+        block = self.layout.blocks[index]
+        self._dtypes.setdefault(index, {n: p.dtype for n, p in block.named_parameters()})
+        _place(block, device, lambda name, p: dtype if p.is_floating_point() else p.dtype)
+        return block
+
+    def unload(self, index, block):
+        dtypes = self._dtypes.pop(index, None)
+        if dtypes is not None:
+            _place(block, self.home, lambda name, p: dtypes[name])
+
+    def close(self):
+        for index in list(self._dtypes):
+            self.unload(index, self.layout.blocks[index])
+        for block in self.layout.blocks:
+            block.to(self.home)
+        move_outside_blocks(self.model, self.layout.blocks, self.home)
+
+
+def _place(block: nn.Module, device, dtype_of) -> None:
+    with torch.no_grad():
+        for name, param in block.named_parameters():
+            param.data = param.data.to(device, dtype_of(name, param))
+        for module in block.modules():
+            for name, buf in module.named_buffers(recurse=False):
+                if buf is not None:
+                    module._buffers[name] = buf.to(device)
+
+
+def default_compute_dtype(storage: torch.dtype, device: torch.device) -> torch.dtype:
+    """float32 on the CPU (its half-precision kernels are slow or missing for many ops); the model's dtype on a GPU."""
+    return torch.float32 if device.type == "cpu" else storage
+
+
 def prune(
     loaded: LoadedModel,
     calib: CalibrationSet,
@@ -80,44 +154,123 @@ def prune(
     on_event: EventSink = ignore,
     cancel: CancelToken | None = None,
     with_summaries: bool = False,
+    *,
+    memory_budget: int | None = None,
+    compute_dtype: torch.dtype | None = None,
 ) -> PruneResult:
     """Prune `loaded.model` in place; on cancel (`Cancelled`) or any error every weight is restored."""
+    return prune_blocks(InMemoryBlocks(loaded), calib, plan, on_event, cancel, with_summaries,
+                        memory_budget=memory_budget, compute_dtype=compute_dtype)
+
+
+def prune_blocks(
+    source: BlockSource,
+    calib: CalibrationSet,
+    plan: PrunePlan,
+    on_event: EventSink = ignore,
+    cancel: CancelToken | None = None,
+    with_summaries: bool = False,
+    *,
+    sink: BlockSink | None = None,
+    memory_budget: int | None = None,
+    compute_dtype: torch.dtype | None = None,
+) -> PruneResult:
+    """The block loop shared by every source. `memory_budget` (bytes) bounds one block's inputs plus
+    outputs in memory; past it they spill to disk."""
     plan.validate()
     cancel = cancel or CancelToken()
     device = resolve_device(plan.device)
+    layout = source.layout
+    compute = compute_dtype or default_compute_dtype(source.storage_dtype, device)
     started = time.perf_counter()
     originals: dict[str, tuple[nn.Module, torch.Tensor]] = {}
-    model, layout = loaded.model, loaded.layout
-    home = next(model.parameters()).device
+    per_store = hidden_bytes(calib.nsamples, calib.seqlen, source.model.config.hidden_size, source.storage_dtype)
+    budget = ActivationBudget(memory_budget, per_store)
+    batch_size = plan.batch_size or auto_batch_size(calib.seqlen)
+    placements = block_devices(device, plan.device, [_block_bytes(b, compute) for b in layout.blocks],
+                               _working_bytes(layout, per_store, batch_size / calib.nsamples, plan),
+                               keep_resident=source.restores)
     try:
-        move_outside_blocks(model, layout.blocks, device)
-        batch_size = plan.batch_size or auto_batch_size(calib.seqlen)
-        inputs = capture_first_block_inputs(model, layout.blocks, calib.input_ids, device, batch_size, on_event, cancel)
+        if budget.spill:
+            on_event(Message(f"activations ({2 * per_store / 2**20:.0f} MiB for a block's inputs and outputs) "
+                             f"exceed the memory budget: they are kept on disk", "info"))
+        first = torch.device(placements[0].device)
+        source.prepare(first)
+        inputs = budget.new_store()
+        raw_calls = capture_first_block_inputs(source.model, layout.blocks, calib.input_ids, first, batch_size,
+                                               on_event, cancel, inputs)
+        calls_on: dict[str, list[BlockCall]] = {}
         layers, skipped = [], []
-        for index in range(len(layout.blocks)):
+        for index, placement in enumerate(placements):
             cancel.check()
             on_event(BlockStarted(index, len(layout.blocks)))
-            block = layout.blocks[index].to(device)
-            results, inputs = _prune_block(index, block, loaded, inputs, plan, originals, skipped, on_event, cancel,
-                                           with_summaries)
-            layout.blocks[index].to(home)
+            here = torch.device(placement.device)
+            calls = calls_on.setdefault(placement.device, [c.to(here, compute) for c in raw_calls])
+            block = source.load(index, here, compute)
+            outputs = budget.new_store()
+            turn = _Turn(index, block, here, compute, source.storage_dtype, inputs, outputs, calls)
+            results = _prune_block(turn, layout, plan, originals if source.restores else {}, skipped, on_event,
+                                   cancel, with_summaries)
+            if sink is not None:
+                sink.write_block(index, block)
+            if not placement.resident:
+                source.unload(index, block)
+            inputs.close()
+            inputs = outputs
             layers.extend(results)
-        result = PruneResult(plan, str(device), layers, skipped, time.perf_counter() - started)
+        inputs.close()
+        devices = sorted({p.device for p in placements})
+        result = PruneResult(plan, ",".join(devices), layers, skipped, time.perf_counter() - started)
     except BaseException:
         _restore(originals)
         raise
     finally:
-        for block in layout.blocks:
-            block.to(home)
-        move_outside_blocks(model, layout.blocks, home)
+        source.close()
+        budget.close()
     on_event(Finished(result))
     return result
 
 
-def _prune_block(index, block, loaded, inputs, plan, originals, skipped, on_event, cancel, with_summaries):
+def _block_bytes(block: nn.Module, dtype: torch.dtype) -> int:
+    size = torch.empty((), dtype=dtype).element_size()
+    return sum(p.numel() * (size if p.is_floating_point() else p.element_size()) for p in block.parameters())
+
+
+def _working_bytes(layout, per_store: int, batch_fraction: float, plan: PrunePlan) -> int:
+    """Memory a block's turn needs besides its weights: a batch in and out (with ~8× for attention and MLP
+    intermediates) and the statistics of its layers (a float32 Hessian per layer for SparseGPT)."""
+    needs = METHODS[plan.method].needs
+    widest = max((l.in_features for b in layout.inventory for l in b.linears), default=0)
+    count = max((len(b.linears) for b in layout.inventory), default=0)
+    stats = count * widest * widest * 4 * 3 if HESSIAN in needs else count * widest * 4
+    return int(10 * per_store * batch_fraction) + stats
+
+
+@dataclass
+class _Turn:
+    """One block's turn: the block on its device and the activations going in and out."""
+
+    index: int
+    block: nn.Module
+    device: torch.device
+    compute: torch.dtype          # dtype the block computes in
+    storage: torch.dtype          # dtype the model stores weights in, and activations between blocks
+    inputs: ActivationStore
+    outputs: ActivationStore
+    calls: list[BlockCall]
+
+    def hidden(self, batch: int) -> torch.Tensor:
+        return self.inputs[batch].to(self.device, self.compute)
+
+    def run(self, batch: int) -> torch.Tensor:
+        return run_block(self.block, self.hidden(batch), self.calls[batch])
+
+
+def _prune_block(turn: _Turn, layout, plan, originals, skipped, on_event, cancel, with_summaries):
+    index, block = turn.index, turn.block
     method = METHODS[plan.method]
     targets = {}
-    for info in loaded.layout.inventory[index].linears:
+    for info in layout.inventory[index].linears:
         target = plan.target_for(info.full_name)
         if target is None:
             skipped.append(SkippedLayer(info.full_name, "in the ignore list"))
@@ -132,10 +285,10 @@ def _prune_block(index, block, loaded, inputs, plan, originals, skipped, on_even
         on_event(Phase("gather statistics", 0, 1, f"block {index}"))
         collector = StatsCollector(modules, set(method.needs))
         try:
-            for batch in inputs:
+            for batch in range(len(turn.calls)):
                 cancel.check()
                 with torch.no_grad():
-                    run_block(block, batch)
+                    turn.run(batch)
         finally:
             stats = collector.close()
     pruned = {}
@@ -145,7 +298,8 @@ def _prune_block(index, block, loaded, inputs, plan, originals, skipped, on_even
         tic = time.perf_counter()
         layer = modules[name]
         original = weight_matrix(layer).detach()
-        originals[info.full_name] = (layer, layer.weight.detach().to("cpu", copy=True))
+        stored_dtype = turn.storage
+        originals[info.full_name] = (layer, layer.weight.detach().to("cpu", stored_dtype, copy=True))
         try:
             outcome = method.prune(original.float(), stats.get(name), target, plan.pattern, plan.sparsegpt)
         except NotPositiveDefinite as exc:
@@ -156,12 +310,13 @@ def _prune_block(index, block, loaded, inputs, plan, originals, skipped, on_even
             on_event(Message(f"{info.full_name}: Cholesky failed, succeeded with dampening {outcome.notes['dampening']:g}", "warning"))
         summary = summaries.summarize(original.float(), outcome) if with_summaries else None
         with torch.no_grad():
-            set_weight_matrix(layer, outcome.weight.to(original.dtype))
+            # Rounded to the dtype the weight is stored in, so the block propagates exactly what gets saved.
+            set_weight_matrix(layer, outcome.weight.to(stored_dtype))
         assert follows_pattern(weight_matrix(layer), plan.pattern), f"{info.full_name} breaks {plan.pattern}"
         pruned[name] = (info, target, time.perf_counter() - tic, outcome.notes, summary)
         stats.pop(name, None)
     on_event(Phase("propagate", 0, 1, f"block {index}"))
-    outputs, errors = _propagate(block, inputs, {n: modules[n] for n in pruned}, originals, targets, plan.error_tokens, cancel)
+    errors = _propagate(turn, {n: modules[n] for n in pruned}, originals, targets, plan.error_tokens, cancel)
     results = []
     for name, (info, target, seconds, notes, summary) in pruned.items():
         layer = modules[name]
@@ -170,40 +325,43 @@ def _prune_block(index, block, loaded, inputs, plan, originals, skipped, on_even
                              seconds, notes)
         results.append(result)
         on_event(LayerPruned(index, result, summary))
-    return results, outputs
+    return results
 
 
 @torch.no_grad()
-def _propagate(block, inputs: list[BlockInputs], modules, originals, targets, error_tokens, cancel):
-    """Run the pruned block over every batch; measure each layer's relative output error on the first tokens."""
+def _propagate(turn: _Turn, modules, originals, targets, error_tokens, cancel):
+    """Run the pruned block over every batch into `turn.outputs`; measure each layer's relative output
+    error ‖(W−Ŵ)X‖² / ‖WX‖² on the first tokens. WX is the pruned layer's own output plus (W−Ŵ)X,
+    so the probe costs one extra product per layer, not two."""
     sums = {name: [0.0, 0.0, 0] for name in modules}
     deltas = {}
     for name, layer in modules.items():
-        dense = weight_matrix(layer, originals[targets[name][0].full_name][1]).to(layer.weight.device).float()
-        deltas[name] = (dense, dense - weight_matrix(layer).float())
+        dense = weight_matrix(layer, originals[targets[name][0].full_name][1]).to(layer.weight.device, layer.weight.dtype)
+        deltas[name] = (dense - weight_matrix(layer)).t().float()
 
     def probe(name):
         def hook(module, args, output):
             err, ref, seen = sums[name]
             if seen >= error_tokens:
                 return
-            x = args[0].reshape(-1, args[0].shape[-1])[: error_tokens - seen].float()
-            dense, delta = deltas[name]
-            sums[name] = [err + float((x @ delta.t()).pow(2).sum()), ref + float((x @ dense.t()).pow(2).sum()),
-                          seen + x.shape[0]]
+            take = error_tokens - seen
+            x = args[0].reshape(-1, args[0].shape[-1])[:take].float()
+            y = output.reshape(-1, output.shape[-1])[:take].float()
+            if getattr(module, "bias", None) is not None:
+                y = y - module.bias.float()
+            lost = x @ deltas[name]
+            sums[name] = [err + float(lost.pow(2).sum()), ref + float((y + lost).pow(2).sum()), seen + x.shape[0]]
         return hook
 
     handles = [layer.register_forward_hook(probe(name)) for name, layer in modules.items()]
-    outputs = []
     try:
-        for batch in inputs:
+        for batch in range(len(turn.calls)):
             cancel.check()
-            outputs.append(BlockInputs(run_block(block, batch), batch.args, batch.kwargs))
+            turn.outputs.append(turn.run(batch).to(turn.storage))
     finally:
         for handle in handles:
             handle.remove()
-    errors = {name: (err / ref if ref > 0 else 0.0, seen) for name, (err, ref, seen) in sums.items()}
-    return outputs, errors
+    return {name: (err / ref if ref > 0 else 0.0, seen) for name, (err, ref, seen) in sums.items()}
 
 
 def _sparsity(weight: torch.Tensor) -> float:
