@@ -2,9 +2,10 @@
 
 `place_blocks` is a pure function of the devices' free memory and the blocks' sizes, so it is tested
 on the CPU with stand-in devices. Devices are filled in order, as accelerate's device maps do: a block
-stays *resident* on the first device that still has room for it plus the working memory of one block's
-turn (activations, Hessians); a block that no device can keep goes, for its turn only, to the device
-with the most room left. The free memory of real GPUs comes from accelerate's `get_max_memory`.
+stays *resident* on the first device that, after taking it, still has room for the largest block plus
+the working memory of one block's turn (activations, Hessians), so any later block can still visit;
+a block that no device can keep goes, for its turn only, to the device with the most room left.
+The free memory of real GPUs comes from accelerate's `get_max_memory`.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ def place_blocks(free_bytes: Mapping[str, int], block_bytes: Sequence[int], work
                  keep_resident: bool = True) -> list[Placement]:
     """One `Placement` per block, in block order; raises `UserError` when a block fits no device at all."""
     room = dict(free_bytes)
+    reserve = working_bytes + max(block_bytes, default=0)
     placements = []
     for index, size in enumerate(block_bytes):
         need = size + working_bytes
-        keeper = next((d for d, left in room.items() if keep_resident and left >= need), None)
+        keeper = next((d for d, left in room.items() if keep_resident and left - size >= reserve), None)
         if keeper is not None:
             room[keeper] -= size
             placements.append(Placement(keeper, True))
