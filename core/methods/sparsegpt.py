@@ -32,17 +32,22 @@ def inverse_hessian_factor(hessian: torch.Tensor, dampening: float, max_dampenin
     """U, the upper Cholesky factor of (H + λI)⁻¹, with λ = dampening · mean(diag H).
 
     Raises the dampening tenfold while the factorisation fails; returns (U, dampening used, retries).
+    `hessian` is dampened in place and each intermediate is freed when done: at most three [in, in]
+    matrices are alive at once (a 5632-wide MLP layer's Hessian is 127 MB in float32).
     """
-    H = hessian.clone()
-    diagonal = torch.arange(H.shape[0], device=H.device)
-    mean_diag = H.diagonal().mean()
+    H = hessian
+    diagonal = H.diagonal()
+    undamped = diagonal.clone()
+    mean_diag = undamped.mean()
     retries, damp = 0, dampening
     while True:
-        damped = H.clone()
-        damped[diagonal, diagonal] += damp * mean_diag
-        L, info = torch.linalg.cholesky_ex(damped)
+        diagonal.copy_(undamped + damp * mean_diag)
+        L, info = torch.linalg.cholesky_ex(H)
         if int(info) == 0:
-            U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+            inverse = torch.cholesky_inverse(L)
+            del L
+            U, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            del inverse
             if int(info) == 0 and torch.isfinite(U).all():
                 return U, damp, retries
         if damp * 10 > max_dampening + 1e-12:
@@ -58,11 +63,14 @@ def prune(weight: torch.Tensor, stats, sparsity: float, pattern: Pattern, option
 
     options = options or Options()
     W = weight.clone().float()
-    H = stats.hessian.to(W.device, torch.float32).clone()
+    H = stats.hessian.to(W.device, torch.float32)
+    if H is stats.xtx:           # never alter the caller's statistics; `hessian` is normally a fresh tensor
+        H = H.clone()
     dead = H.diagonal() == 0
     H[dead, dead] = 1            # columns that never saw a non-zero input: nothing to preserve
     W[:, dead] = 0
     U, damp_used, retries = inverse_hessian_factor(H, options.dampening, options.max_dampening)
+    del H
     u_diag = U.diagonal()
     score = weight.float().pow(2) / u_diag.pow(2).reshape(1, -1)
     mask = torch.zeros_like(W, dtype=torch.bool)
