@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..masks import Pattern
+from ..masks import Pattern, lowest_k
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,8 @@ def inverse_hessian_factor(hessian: torch.Tensor, dampening: float, max_dampenin
     """
     H = hessian
     diagonal = H.diagonal()
+    mean_diag = diagonal.mean()       # on the strided view, as ever: a contiguous copy sums in another order
     undamped = diagonal.clone()
-    mean_diag = undamped.mean()
     retries, damp = 0, dampening
     while True:
         diagonal.copy_(undamped + damp * mean_diag)
@@ -94,9 +94,7 @@ def _prune_block(W, U, mask, i1, i2, sparsity, pattern: Pattern, update: bool) -
     mask1 = torch.zeros_like(W1, dtype=torch.bool)
     if not pattern.structured:
         block_score = W1.pow(2) / d.pow(2).reshape(1, -1)
-        k = int(block_score.numel() * sparsity)
-        if k > 0:
-            mask1.view(-1)[torch.topk(block_score.flatten(), k, largest=False).indices] = True
+        mask1 = lowest_k(block_score.flatten(), int(block_score.numel() * sparsity)).view_as(block_score)
     errors = torch.zeros_like(W1)
     for i in range(i2 - i1):
         if pattern.structured and i % pattern.m == 0:
