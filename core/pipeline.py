@@ -90,6 +90,10 @@ class BlockSource(Protocol):
     restores: bool
 
     def prepare(self, device: torch.device) -> None: ...            # what runs before block 0, on `device`
+    def release_outside(self) -> None: ...                            # ... no longer needed once captured
+    def remember(self, full_name: str, layer: nn.Module) -> None: ...  # before a layer is changed
+    def dense_weight(self, full_name: str) -> torch.Tensor: ...        # its weight before, stored like `layer.weight`
+    def restore(self) -> None: ...                                    # undo every change (cancel, error)
     def load(self, index: int, device: torch.device, dtype: torch.dtype) -> nn.Module: ...
     def unload(self, index: int, block: nn.Module) -> None: ...
     def close(self) -> None: ...                                      # every tensor back where it lived
@@ -109,9 +113,24 @@ class InMemoryBlocks:
         self.home = next(self.model.parameters()).device
         self.storage_dtype = next(self.layout.blocks.parameters()).dtype
         self._dtypes: dict[int, dict[str, torch.dtype]] = {}
+        self._originals: dict[str, tuple[nn.Module, torch.Tensor]] = {}
+
+    def remember(self, full_name, layer):
+        self._originals[full_name] = (layer, layer.weight.detach().to("cpu", self.storage_dtype, copy=True))
+
+    def dense_weight(self, full_name):
+        return self._originals[full_name][1]
+
+    def restore(self):
+        with torch.no_grad():
+            for layer, weight in self._originals.values():
+                layer.weight.data.copy_(weight.to(layer.weight.device))
 
     def prepare(self, device):
         move_outside_blocks(self.model, self.layout.blocks, device)
+
+    def release_outside(self):
+        move_outside_blocks(self.model, self.layout.blocks, self.home)
 
     def load(self, index, device, dtype):
         block = self.layout.blocks[index]
@@ -183,7 +202,6 @@ def prune_blocks(
     layout = source.layout
     compute = compute_dtype or default_compute_dtype(source.storage_dtype, device)
     started = time.perf_counter()
-    originals: dict[str, tuple[nn.Module, torch.Tensor]] = {}
     per_store = hidden_bytes(calib.nsamples, calib.seqlen, source.model.config.hidden_size, source.storage_dtype)
     budget = ActivationBudget(memory_budget, per_store)
     batch_size = plan.batch_size or auto_batch_size(calib.seqlen)
@@ -199,6 +217,7 @@ def prune_blocks(
         inputs = budget.new_store()
         raw_calls = capture_first_block_inputs(source.model, layout.blocks, calib.input_ids, first, batch_size,
                                                on_event, cancel, inputs)
+        source.release_outside()
         calls_on: dict[str, list[BlockCall]] = {}
         layers, skipped = [], []
         for index, placement in enumerate(placements):
@@ -208,9 +227,8 @@ def prune_blocks(
             calls = calls_on.setdefault(placement.device, [c.to(here, compute) for c in raw_calls])
             block = source.load(index, here, compute)
             outputs = budget.new_store()
-            turn = _Turn(index, block, here, compute, source.storage_dtype, inputs, outputs, calls)
-            results = _prune_block(turn, layout, plan, originals if source.restores else {}, skipped, on_event,
-                                   cancel, with_summaries)
+            turn = _Turn(index, block, here, compute, source.storage_dtype, inputs, outputs, calls, source)
+            results = _prune_block(turn, layout, plan, skipped, on_event, cancel, with_summaries)
             if sink is not None:
                 sink.write_block(index, block)
             if not placement.resident:
@@ -222,7 +240,7 @@ def prune_blocks(
         devices = sorted({p.device for p in placements})
         result = PruneResult(plan, ",".join(devices), layers, skipped, time.perf_counter() - started)
     except BaseException:
-        _restore(originals)
+        source.restore()
         raise
     finally:
         source.close()
@@ -258,6 +276,7 @@ class _Turn:
     inputs: ActivationStore
     outputs: ActivationStore
     calls: list[BlockCall]
+    source: BlockSource
 
     def hidden(self, batch: int) -> torch.Tensor:
         return self.inputs[batch].to(self.device, self.compute)
@@ -266,7 +285,7 @@ class _Turn:
         return run_block(self.block, self.hidden(batch), self.calls[batch])
 
 
-def _prune_block(turn: _Turn, layout, plan, originals, skipped, on_event, cancel, with_summaries):
+def _prune_block(turn: _Turn, layout, plan, skipped, on_event, cancel, with_summaries):
     index, block = turn.index, turn.block
     method = METHODS[plan.method]
     targets = {}
@@ -299,7 +318,7 @@ def _prune_block(turn: _Turn, layout, plan, originals, skipped, on_event, cancel
         layer = modules[name]
         original = weight_matrix(layer).detach()
         stored_dtype = turn.storage
-        originals[info.full_name] = (layer, layer.weight.detach().to("cpu", stored_dtype, copy=True))
+        turn.source.remember(info.full_name, layer)
         try:
             outcome = method.prune(original.float(), stats.get(name), target, plan.pattern, plan.sparsegpt)
         except NotPositiveDefinite as exc:
@@ -316,7 +335,7 @@ def _prune_block(turn: _Turn, layout, plan, originals, skipped, on_event, cancel
         pruned[name] = (info, target, time.perf_counter() - tic, outcome.notes, summary)
         stats.pop(name, None)
     on_event(Phase("propagate", 0, 1, f"block {index}"))
-    errors = _propagate(turn, {n: modules[n] for n in pruned}, originals, targets, plan.error_tokens, cancel)
+    errors = _propagate(turn, {n: modules[n] for n in pruned}, targets, plan.error_tokens, cancel)
     results = []
     for name, (info, target, seconds, notes, summary) in pruned.items():
         layer = modules[name]
@@ -329,15 +348,16 @@ def _prune_block(turn: _Turn, layout, plan, originals, skipped, on_event, cancel
 
 
 @torch.no_grad()
-def _propagate(turn: _Turn, modules, originals, targets, error_tokens, cancel):
+def _propagate(turn: _Turn, modules, targets, error_tokens, cancel):
     """Run the pruned block over every batch into `turn.outputs`; measure each layer's relative output
     error ‖(W−Ŵ)X‖² / ‖WX‖² on the first tokens. WX is the pruned layer's own output plus (W−Ŵ)X,
     so the probe costs one extra product per layer, not two."""
     sums = {name: [0.0, 0.0, 0] for name in modules}
-    deltas = {}
-    for name, layer in modules.items():
-        dense = weight_matrix(layer, originals[targets[name][0].full_name][1]).to(layer.weight.device, layer.weight.dtype)
-        deltas[name] = (dense - weight_matrix(layer)).t().float()
+
+    def delta(name):    # made per call, not kept: a block's worth of float32 deltas is as big as the block
+        layer = modules[name]
+        dense = weight_matrix(layer, turn.source.dense_weight(targets[name][0].full_name)).to(layer.weight.device, layer.weight.dtype)
+        return (dense - weight_matrix(layer)).t().float()
 
     def probe(name):
         def hook(module, args, output):
@@ -349,7 +369,7 @@ def _propagate(turn: _Turn, modules, originals, targets, error_tokens, cancel):
             y = output.reshape(-1, output.shape[-1])[:take].float()
             if getattr(module, "bias", None) is not None:
                 y = y - module.bias.float()
-            lost = x @ deltas[name]
+            lost = x @ delta(name)
             sums[name] = [err + float(lost.pow(2).sum()), ref + float((y + lost).pow(2).sum()), seen + x.shape[0]]
         return hook
 
@@ -366,9 +386,3 @@ def _propagate(turn: _Turn, modules, originals, targets, error_tokens, cancel):
 
 def _sparsity(weight: torch.Tensor) -> float:
     return float((weight == 0).sum()) / weight.numel()
-
-
-def _restore(originals: dict) -> None:
-    with torch.no_grad():
-        for layer, weight in originals.values():
-            layer.weight.data.copy_(weight.to(layer.weight.device))

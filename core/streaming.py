@@ -182,6 +182,20 @@ class StreamedBlocks:
                 _set_tensor(self.model, name, self.reader.get(name).to(device))
                 self._outside.append(name)
 
+    def remember(self, full_name, layer):
+        """Nothing to keep: the dense weights stay in the source files."""
+
+    def dense_weight(self, full_name):
+        return self.reader.get(full_name + ".weight")
+
+    def restore(self):
+        """Nothing to undo: the source files are only read, the export is removed by its writer."""
+
+    def release_outside(self):
+        for name in self._outside:
+            _set_tensor(self.model, name, torch.empty_like(self.model.get_parameter(name), device="meta"))
+        self._outside.clear()
+
     def load(self, index, device, dtype):
         block = self.layout.blocks[index]
         prefix = f"{self.layout.blocks_path}.{index}."
@@ -202,9 +216,7 @@ class StreamedBlocks:
     def close(self):
         for index in list(self._loaded):
             self.unload(index, self.layout.blocks[index])
-        for name in self._outside:
-            _set_tensor(self.model, name, torch.empty_like(self.model.get_parameter(name), device="meta"))
-        self._outside.clear()
+        self.release_outside()
 
 
 def _module_name(model: nn.Module, module: nn.Module | None) -> str | None:
