@@ -92,11 +92,32 @@ def _open_folder(folder: Path, source: str, kind: str, dtype, trust_remote_code,
         raise UserError(f"{folder} has a config.json but no weights (*.safetensors or *.bin).")
     use_safetensors = any(w.suffix == ".safetensors" for w in weights)
     on_event(Phase("load model", 0, 1, str(folder)))
-    model, tokenizer = _from_pretrained(
-        str(folder), source, dtype, trust_remote_code, use_safetensors=use_safetensors, local_files_only=True
-    )
+    if _is_compact(folder):
+        model, tokenizer = _from_compact(folder, source, dtype, trust_remote_code, on_event)
+    else:
+        model, tokenizer = _from_pretrained(
+            str(folder), source, dtype, trust_remote_code, use_safetensors=use_safetensors, local_files_only=True
+        )
     on_event(Phase("load model", 1, 1, str(folder)))
     return LoadedModel(model, tokenizer, source, kind, folder, find_layout(model))
+
+
+def _is_compact(folder: Path) -> bool:
+    from .compact import is_compact
+
+    return is_compact(folder)
+
+
+def _from_compact(folder: Path, source, dtype, trust_remote_code, on_event):
+    """A compact 2:4 folder (see core.compact): its weights are unpacked in memory, nothing is written."""
+    from .compact import load_model
+
+    try:
+        return load_model(folder, dtype, trust_remote_code, on_event)
+    except UserError:
+        raise
+    except Exception as exc:  # corrupt or truncated files
+        raise UserError(f"could not read the compact model at {source}: {_first_line(str(exc)) or type(exc).__name__}") from None
 
 
 def _open_hub_id(hub_id: str, dtype, trust_remote_code, on_event) -> LoadedModel:
