@@ -585,10 +585,10 @@ def device_copy(model: nn.Module, device: torch.device, dtype: torch.dtype | Non
     """
     memo = {}
     for p in model.parameters():
-        value = p.detach().to(device, dtype if dtype is not None and p.is_floating_point() else p.dtype)
+        value = p.detach().to(device, dtype if dtype is not None and p.is_floating_point() else p.dtype, copy=True)
         memo[id(p)] = nn.Parameter(value, requires_grad=False)
     for b in model.buffers():
-        memo[id(b)] = b.detach().to(device)
+        memo[id(b)] = b.detach().to(device, copy=True)
     return copy.deepcopy(model, memo)
 
 
