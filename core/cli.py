@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--eval-windows", type=int, default=None, help="at most this many evaluation windows")
     prune.add_argument("--out", required=True, help="output folder")
     prune.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    prune.add_argument("--compact", action="store_true",
+                       help="with --pattern 2:4: store kept values + 2-bit positions (56%% of fp16 bytes)")
     prune.set_defaults(run=run_prune)
 
     evaluate = sub.add_parser("eval", help="perplexity of a model on a text file")
@@ -106,6 +108,28 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="list decoder blocks and their prunable linear layers")
     _model_args(inspect)
     inspect.set_defaults(run=run_inspect)
+
+    bench = sub.add_parser("bench", help="time 2:4 sparse kernels against dense for the model's linear shapes")
+    bench.add_argument("model", help="a model folder, a .gguf file, a cached hub id, or 'demo'")
+    bench.add_argument("--dtype", default="fp16", choices=["fp16", "bf16"], help="kernel dtype on the GPU")
+    bench.add_argument("--tokens", default="1,16,128,512,2048,8192", help="comma-separated token counts")
+    bench.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    bench.add_argument("--no-int8", action="store_true", help="skip the int8 cases")
+    bench.add_argument("--no-end-to-end", action="store_true", help="kernel cases only")
+    bench.add_argument("--prompt-tokens", type=int, default=128, help="end to end: prompt length")
+    bench.add_argument("--new-tokens", type=int, default=32, help="end to end: tokens generated")
+    bench.add_argument("--csv", metavar="FILE", help="also write every measurement as CSV")
+    bench.add_argument("--markdown", metavar="FILE", help="also write the results table as Markdown")
+    bench.add_argument("--trust-remote-code", action="store_true", help="run the model authors' own code")
+    bench.add_argument("--json", action="store_true", help="print the whole report as one JSON object on stdout")
+    bench.set_defaults(run=run_bench)
+
+    unpack = sub.add_parser("unpack", help="turn a compact 2:4 folder back into an ordinary dense folder")
+    unpack.add_argument("folder", help="a folder written by prune --compact")
+    unpack.add_argument("--out", required=True, help="output folder")
+    unpack.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    unpack.add_argument("--json", action="store_true", help="print one JSON object on stdout at the end")
+    unpack.set_defaults(run=run_unpack)
     return parser
 
 
@@ -151,6 +175,8 @@ def run_prune(args, progress) -> dict:
     from .plan import PrunePlan
 
     out = check_output(args.out, args.overwrite)
+    if args.compact and args.pattern.replace(" ", "") != "2:4":
+        raise UserError(f"--compact stores 2:4 weights only: add --pattern 2:4 (got {args.pattern}) or drop --compact.")
     plan = PrunePlan.build(
         method=args.method, sparsity=args.sparsity, pattern=args.pattern, overrides=_parse_overrides(args.override),
         ignore=tuple(args.ignore), device=args.device, batch_size=args.batch_size,
@@ -176,13 +202,21 @@ def run_prune(args, progress) -> dict:
         ppl = perplexity(loaded.model, windows, device=args.device, on_event=progress)
         durations["eval_pruned"] = ppl.seconds
     report = build_report(loaded, result, calib, ppl_dense, ppl, durations)
-    write_export(loaded, out, report, calib, overwrite=args.overwrite, on_event=progress)
+    stored = None
+    if args.compact:
+        from .compact import export_compact
+
+        summary = export_compact(loaded, out, report, calib, overwrite=args.overwrite, on_event=progress)
+        stored = {"layers": summary.layers, "bytes": summary.compact_bytes, "dense_bytes": summary.dense_bytes,
+                  "ratio": summary.ratio}
+    else:
+        write_export(loaded, out, report, calib, overwrite=args.overwrite, on_event=progress)
     return {
         "method": plan.method, "pattern": str(plan.pattern), "target_sparsity": plan.sparsity,
         "sparsity": result.sparsity, "layers": len(result.layers),
         "skipped": [vars(s) for s in result.skipped], "seconds": result.seconds,
         "ppl_dense": ppl_dense.ppl if ppl_dense else None, "ppl": ppl.ppl if ppl else None,
-        "out": str(out),
+        "out": str(out), "compact": stored,
     }
 
 
@@ -212,6 +246,51 @@ def run_inspect(args, progress) -> dict:
     }
 
 
+def run_bench(args, progress) -> dict:
+    from .bench import BenchOptions, run_benchmark
+    from .models import open_model
+
+    options = BenchOptions(tokens=_parse_tokens(args.tokens), dtype=args.dtype, int8=not args.no_int8,
+                           device=args.device, end_to_end=not args.no_end_to_end,
+                           prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens)
+    options.validate()
+    for path in (args.csv, args.markdown):
+        if path:
+            _check_writable(path)
+    loaded = open_model(args.model, trust_remote_code=args.trust_remote_code, on_event=progress)
+    report = run_benchmark(loaded, options, on_event=progress)
+    if args.csv:
+        Path(args.csv).write_text(report.to_csv())
+    if args.markdown:
+        Path(args.markdown).write_text(report.to_markdown())
+    return {**report.to_dict(), "markdown": report.to_markdown()}
+
+
+def _parse_tokens(text: str) -> tuple[int, ...]:
+    try:
+        tokens = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        tokens = ()
+    if not tokens or min(tokens) < 1:
+        raise UserError(f"--tokens {text}: give positive token counts separated by commas, e.g. 1,16,128.")
+    return tokens
+
+
+def _check_writable(path: str) -> None:
+    parent = Path(path).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise UserError(f"cannot write {path}: folder {parent} does not exist.")
+
+
+def run_unpack(args, progress) -> dict:
+    from .compact import unpack_folder
+
+    if not Path(args.folder).is_dir():
+        raise UserError(f"{args.folder}: no such folder.")
+    out = unpack_folder(args.folder, args.out, overwrite=args.overwrite, on_event=progress)
+    return {"folder": args.folder, "out": str(out)}
+
+
 def _print_human(command: str, result: dict) -> None:
     if command == "inspect":
         print(f"{result['model']}: {result['family']} ({result['model_class']}), {len(result['blocks'])} blocks "
@@ -221,6 +300,10 @@ def _print_human(command: str, result: dict) -> None:
             print(f"  {block['name']}")
             for layer in block["layers"]:
                 print(f"    {layer['name']:<28} {layer['shape'][0]:>6} x {layer['shape'][1]:<6} {layer['parameters']:>12,}")
+    elif command == "bench":
+        print(result["markdown"], end="")
+    elif command == "unpack":
+        print(f"dense folder written to {result['out']}")
     elif command == "eval":
         print(f"perplexity {result['ppl']:.3f} over {result['windows']} windows of {result['seqlen']} tokens")
     else:
@@ -228,6 +311,10 @@ def _print_human(command: str, result: dict) -> None:
               f"pruned in {result['seconds']:.1f} s, {len(result['skipped'])} skipped")
         if result["ppl"] is not None:
             print(f"perplexity: dense {result['ppl_dense']:.3f} -> pruned {result['ppl']:.3f}")
+        if result.get("compact"):
+            c = result["compact"]
+            print(f"compact 2:4: {c['layers']} layers, {c['bytes'] / 2**20:.1f} MiB "
+                  f"({c['ratio']:.0%} of the dense export's {c['dense_bytes'] / 2**20:.1f} MiB)")
         print(f"written to {result['out']}")
 
 
@@ -248,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
-            raise UserError("choose a subcommand: prune, eval or inspect (or none to open the studio)")
+            raise UserError("choose a subcommand: prune, eval, inspect, bench or unpack (or none to open the studio)")
         _quiet_transformers()
         progress = Progress(enabled=True)
         result = args.run(args, progress)

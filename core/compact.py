@@ -347,3 +347,18 @@ def load_model(folder: str | Path, dtype: torch.dtype, trust_remote_code: bool =
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     return model, tokenizer
+
+
+def export_compact(loaded, out: str | Path, report: dict, calib=None, *, overwrite: bool = False,
+                   on_event: EventSink = ignore) -> CompactSummary:
+    """The ordinary export (`core.export.write_export`) written to a scratch folder, then compacted into `out`."""
+    from .export import check_output, write_export
+
+    out = check_output(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.dense-", dir=out.parent))
+    try:
+        dense = write_export(loaded, scratch / "dense", report, calib, on_event=on_event)
+        return write_compact(dense, out, overwrite=overwrite, on_event=on_event)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
