@@ -326,6 +326,16 @@ def _restore_report(src: Path, dst: Path) -> None:
     (dst / "sparsity.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
+def _skip_init():
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # older transformers: initialise normally
+        import contextlib
+
+        return contextlib.nullcontext()
+    return no_init_weights()
+
+
 def load_model(folder: str | Path, dtype: torch.dtype, trust_remote_code: bool = False,
                on_event: EventSink = ignore):
     """(model, tokenizer) from a compact folder, without writing a dense copy anywhere."""
@@ -333,7 +343,9 @@ def load_model(folder: str | Path, dtype: torch.dtype, trust_remote_code: bool =
 
     folder = Path(folder)
     config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    with _skip_init():         # every weight is overwritten below: random initialisation is wasted time
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    model.tie_weights()        # skipped with the initialisation
     state = load_state(folder, on_event)
     missing, unexpected = model.load_state_dict(state, strict=False)
     params = dict(model.named_parameters(remove_duplicate=False))
