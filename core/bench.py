@@ -430,7 +430,7 @@ def _sparse_bytes(tensor) -> int:
 
 
 def _cuda_cases(shape, count, weight, tokens, dtype, backends, capability, options, device):
-    """Dense F.linear and each available 2:4 backend on copies of the same masked weight."""
+    """Dense F.linear and each 2:4 backend (`backends`: name -> why it cannot run, or "") on copies of one masked weight."""
     masked = two_four(weight)
     gen = torch.Generator().manual_seed(options.seed + tokens)
     is_int8 = dtype == torch.int8
@@ -459,8 +459,8 @@ def _cuda_cases(shape, count, weight, tokens, dtype, backends, capability, optio
         yield lambda b=base: b
     else:
         yield lambda b=base: _measure(dense_fn, inputs, reference, device, options, b)
-    for backend in backends:
-        ok, reason = rules.check(shape, dtype, backend, capability)
+    for backend, unavailable in backends.items():
+        ok, reason = (False, unavailable) if unavailable else rules.check(shape, dtype, backend, capability)
         gain, expectation = rules.expected_gain(shape, tokens, dtype, backend)
         base = KernelResult(shape, count, tokens, name, backend, str(device), "skipped", reason,
                             expected_gain=gain, expectation=expectation)
@@ -514,8 +514,11 @@ def run_benchmark(loaded, options: BenchOptions | None = None, on_event: EventSi
         capability, torch.__version__, "" if device.type == "cuda" else CPU_NOTE, backends, asdict(options))
     started = time.perf_counter()
     shapes = distinct_shapes(loaded)
-    jobs = list(_kernel_jobs(shapes, options, device, capability, [b for b, why in backends.items() if not why]))
-    total = len(jobs) + (1 if options.end_to_end else 0)
+    usable = [b for b, why in backends.items() if not why]
+    # Cases are made lazily, one shape and token count at a time, so only their tensors are alive.
+    jobs = _kernel_jobs(shapes, options, device, capability, backends)
+    count = len(shapes) * len(options.tokens) * _cases_per_group(device, options, usable)
+    total = count + (1 if options.end_to_end else 0)
     with MemorySampler(device, options.sample_interval_s) as sampler:
         try:
             for i, (detail, job) in enumerate(jobs):
@@ -528,7 +531,7 @@ def run_benchmark(loaded, options: BenchOptions | None = None, on_event: EventSi
                 sampler.drain(on_event)
             if options.end_to_end:
                 cancel.check()
-                on_event(Phase("benchmark", len(jobs), total, "end to end"))
+                on_event(Phase("benchmark", count, total, "end to end"))
                 for result in end_to_end(loaded, options, device, capability, backends, report.notes, cancel):
                     report.end_to_end.append(result)
                     on_event(EndToEndMeasured(result))
@@ -546,6 +549,13 @@ def run_benchmark(loaded, options: BenchOptions | None = None, on_event: EventSi
     return report
 
 
+def _cases_per_group(device, options, usable) -> int:
+    if device.type != "cuda":
+        return 3                                        # dense, masked dense, CSR
+    dtypes = 1 + (1 if options.int8 and usable else 0)
+    return dtypes * (1 + len(rules.BACKENDS))           # dense + every backend (run or skipped with a reason)
+
+
 def _kernel_jobs(shapes, options, device, capability, backends):
     for shape, (count, layer) in shapes.items():
         weight = weight_matrix(layer).detach()
@@ -555,7 +565,7 @@ def _kernel_jobs(shapes, options, device, capability, backends):
                 for job in _cpu_cases(shape, count, weight, tokens, options, device):
                     yield detail, job
                 continue
-            dtypes = [DTYPES[options.dtype]] + ([torch.int8] if options.int8 and backends else [])
+            dtypes = [DTYPES[options.dtype]] + ([torch.int8] if options.int8 and not all(backends.values()) else [])
             for dtype in dtypes:
                 for job in _cuda_cases(shape, count, weight, tokens, dtype, backends, capability, options, device):
                     yield f"{detail}, {rules.dtype_name(dtype)}", job

@@ -171,3 +171,20 @@ def test_semi_structured_linear_matches_dense_on_each_available_backend():
         sparse = bench._sparse_class(backend).from_dense(w)
         got = torch.nn.functional.linear(x, sparse).float()
         assert float((got - ref).norm() / ref.norm()) < 1e-2, backend
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.int8])
+def test_gpu_case_builder_runs_its_logic_on_the_cpu(dtype):
+    """The CUDA case list driven on the CPU: the dense baseline measures exactly; a backend the checks refuse is
+    skipped with its reason; a kernel that fails at run time (here: not a CUDA tensor) is recorded, not raised."""
+    options = BenchOptions(max_samples=3, budget_s=0.01)
+    weight = torch.randn(64, 128)
+    backends = {"cutlass": "PyTorch's cutlass 2:4 kernels are not built for compute capability 9.0", "cusparselt": ""}
+    results = [job() for job in bench._cuda_cases((64, 128), 2, weight, 32, dtype, backends, (9, 0), options,
+                                                   torch.device("cpu"))]
+    by_backend = {r.backend: r for r in results}
+    dense = by_backend[bench.INT8_DENSE if dtype == torch.int8 else bench.DENSE]
+    assert dense.status == "ok" and dense.rel_error < (1e-3 if dtype == torch.float16 else 1e-12)
+    assert by_backend["cutlass"].status == "skipped" and "9.0" in by_backend["cutlass"].reason
+    sparse = by_backend["cusparselt"]
+    assert sparse.status == "failed" and sparse.reason and sparse.expected_gain is False
