@@ -698,7 +698,7 @@ def _layer_bytes(layer: nn.Module) -> int:
         w = layer.weight_csr
         return sum(t.numel() * t.element_size() for t in (w.crow_indices(), w.col_indices(), w.values()))
     w = layer.weight
-    return _sparse_bytes(w) if isinstance(w, torch.sparse.SparseSemiStructuredTensor) else w.numel() * w.element_size()
+    return _sparse_bytes(w) if getattr(w, "packed", None) is not None else w.numel() * w.element_size()
 
 
 def _swap_in(model, linears, variant, dtype, capability, device) -> dict:
@@ -753,11 +753,11 @@ def _generate(model, prompt: torch.Tensor, new_tokens: int, device) -> tuple[flo
     sync()
     ttft = time.perf_counter() - tic
     keyword = _cache_keyword(model)       # transformers 5.x renamed past_key_values to cache
-    cache, steps = out[keyword], []
+    cache, steps = _cache_of(out), []
     for _ in range(new_tokens - 1):
         tic = time.perf_counter()
         out = model(input_ids=token, use_cache=True, **{keyword: cache})
-        cache, token = out[keyword], out.logits[:, -1:].argmax(-1)
+        cache, token = _cache_of(out), out.logits[:, -1:].argmax(-1)
         sync()
         steps.append(time.perf_counter() - tic)
     return ttft, steps
@@ -767,6 +767,13 @@ def _cache_keyword(model) -> str:
     import inspect
 
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _cache_of(output):
+    for key in ("cache", "past_key_values"):
+        if output.get(key) is not None:
+            return output[key]
+    raise RuntimeError("the model returned no KV cache; end-to-end decoding needs use_cache support")
 
 
 def _first_line(exc: BaseException) -> str:
