@@ -1,4 +1,7 @@
-"""`compression-studio`: the one entry point. With no subcommand it opens the studio.
+"""`compression-studio prune|eval|inspect`: the engine from the command line.
+
+The console script is `studio.launcher:main`, which opens the studio when no subcommand is given
+and hands everything else to `main` here, so the engine never imports the Qt layer.
 
 This module only parses arguments, draws progress and prints results; every step is an engine
 function the studio and the tests call too. A `UserError` ends the command with exit status 2
@@ -327,15 +330,11 @@ def _quiet_transformers() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0].startswith("--demo") or argv[0] == "--screenshot" or argv[0] == "studio":
-        from studio.app import main as studio_main  # the Qt layer, loaded only when asked for
-
-        return studio_main(argv[1:] if argv and argv[0] == "studio" else argv)
     progress = None
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
-            raise UserError("choose a subcommand: prune, eval, inspect, bench or unpack (or none to open the studio)")
+            raise UserError("choose a subcommand: prune, eval, inspect, bench or unpack (compression-studio alone opens the studio)")
         _quiet_transformers()
         progress = Progress(enabled=True)
         result = args.run(args, progress)

@@ -20,6 +20,7 @@ from .errors import UserError
 from .events import EventSink, Phase, ignore
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -171,10 +172,12 @@ def _from_pretrained(location, source, dtype, trust_remote_code, **kwargs):
     except (OSError, RuntimeError, KeyError, EnvironmentError, Exception) as exc:  # corrupt or truncated files
         raise UserError(f"could not read the model at {source}: {_first_line(str(exc)) or type(exc).__name__}") from None
     model.eval()
+    if "gguf_file" not in kwargs and not any((Path(location) / f).is_file() for f in TOKENIZER_FILES):
+        return model, None  # opens for inspection; calibration will say what is missing
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **kwargs)
-    except Exception as exc:
-        raise UserError(f"could not read the tokenizer of {source}: {_first_line(str(exc))}") from None
+    except Exception:  # a model without tokenizer files still opens for inspection; calibration will say what is missing
+        tokenizer = None
     return model, tokenizer
 
 
