@@ -377,3 +377,48 @@ def export_compact(loaded, out: str | Path, report: dict, calib=None, *, overwri
         return write_compact(dense, out, overwrite=overwrite, on_event=on_event)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def semi_structured_weights(folder: str | Path, model, device: torch.device | str,
+                            backend: str = "auto") -> dict[str, str]:
+    """Put 2:4 semi-structured weights from a compact folder into `model` (already on a CUDA `device`).
+
+    CUTLASS tensors are built straight from the stored values and positions (no dense weight at all);
+    cuSPARSELt's packed layout is opaque, so its tensors go through one dense weight on the device at a time.
+    Returns layer name -> "" when converted, else why it stays as it is (checked by `core.sparse_rules`).
+    """
+    from safetensors import safe_open
+    from torch import nn
+
+    from . import sparse_rules as rules
+
+    device = torch.device(device)
+    capability = rules.device_capability(device) if device.type == "cuda" else None
+    available = rules.available_backends(capability)
+    if backend == "auto":
+        backend = next((b for b in (rules.CUSPARSELT, rules.CUTLASS) if not available[b]), rules.CUSPARSELT)
+    outcome = {}
+    for file in _weight_files(Path(folder), compact=True):
+        with safe_open(str(file), "pt") as reader:
+            layers = json.loads((reader.metadata() or {}).get("layers", "{}"))
+            for base, info in layers.items():
+                name = base.removesuffix(".weight")
+                layer = model.get_submodule(name)
+                ok, reason = (False, available[backend]) if available[backend] else rules.check(
+                    tuple(info["shape"]), layer.weight.dtype, backend, capability)
+                if type(layer) is not nn.Linear or info["transposed"]:
+                    ok, reason = False, "not an nn.Linear layer"
+                if not ok or reason:        # padding inside a model is not done: the layer stays dense
+                    outcome[name] = reason or "needs padding"
+                    continue
+                values = reader.get_tensor(base + VALUES).to(device, layer.weight.dtype)
+                positions = reader.get_tensor(base + POSITIONS)
+                cols = info["shape"][1]
+                if backend == rules.CUTLASS:
+                    sparse = cutlass_from_compact(values, positions, cols)
+                else:
+                    sparse = torch.sparse.SparseSemiStructuredTensorCUSPARSELT.from_dense(
+                        unpack(values, positions.to(device), cols))
+                layer.weight = nn.Parameter(sparse, requires_grad=False)
+                outcome[name] = ""
+    return outcome

@@ -170,3 +170,34 @@ def test_cutlass_tensor_built_from_compact_multiplies_like_dense():
     ref = torch.nn.functional.linear(x.float(), w.float())
     got = torch.nn.functional.linear(x, sparse).float()
     assert float((got - ref).norm() / ref.norm()) < 1e-2
+
+
+def test_semi_structured_weights_without_cuda_leave_every_layer_with_its_reason(tmp_path):
+    loaded, _, dense = pruned_export(tmp_path)
+    summary = compact.write_compact(dense, tmp_path / "compact")
+    reopened = open_model(summary.out)
+    before = {k: v.clone() for k, v in reopened.model.state_dict().items()}
+    outcome = compact.semi_structured_weights(summary.out, reopened.model, "cpu")
+    assert len(outcome) == 14 and all("no CUDA device" in why for why in outcome.values())
+    assert all(torch.equal(before[k], v) for k, v in reopened.model.state_dict().items())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["cutlass", "cusparselt"])
+def test_semi_structured_weights_from_compact_match_the_dense_model_on_cuda(tmp_path, backend):
+    from core import sparse_rules
+
+    capability = sparse_rules.device_capability()
+    why = sparse_rules.available_backends(capability)[backend]
+    if why:
+        pytest.skip(why)
+    loaded, _, dense = pruned_export(tmp_path)
+    summary = compact.write_compact(dense, tmp_path / "compact")
+    model = open_model(summary.out, dtype="float16").model.cuda()
+    ids = torch.randint(1, VOCAB, (1, 32), generator=torch.Generator().manual_seed(4)).cuda()
+    with torch.no_grad():
+        reference = model(ids).logits.float()
+        outcome = compact.semi_structured_weights(summary.out, model, "cuda", backend)
+        assert sum(1 for why in outcome.values() if not why) > 0, outcome
+        got = model(ids).logits.float()
+    assert float((got - reference).norm() / reference.norm()) < 2e-2
