@@ -10,6 +10,10 @@ the same masked weight. A sampler records memory through the whole run.
 Without CUDA the same pipeline runs on the CPU (dense, masked dense, CSR via `torch.sparse.mm`) and
 says so: "CPU: no sparse tensor cores, no speedup expected".
 
+Times are eager-mode PyTorch: they include the Python dispatch of the semi-structured tensor subclass
+and the padding of the tokens, which is what an eager model pays; for decode-sized inputs that
+overhead, not the matrix math, often decides.
+
 Results stream out as typed events (`KernelMeasured`, `EndToEndMeasured`, `MemorySampled`) and the
 `CancelToken` is checked between measurements.
 """
