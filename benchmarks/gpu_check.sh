@@ -22,13 +22,18 @@ export COMPRESSION_STUDIO_CACHE=${COMPRESSION_STUDIO_CACHE:-$HOME/.cache/compres
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 # 1. Python: a venv of our own over the machine's packages; the project's .venv where one exists here.
-if [ -x .venv/bin/python ] && .venv/bin/python -c "import torch" 2>/dev/null; then
+if [ "${USE_PROJECT_VENV:-1}" = 1 ] && [ -x .venv/bin/python ] && .venv/bin/python -c "import torch" 2>/dev/null; then
   PY=.venv/bin/python
 else
   VENV=${VENV:-/tmp/compression-studio-venv}
   [ -x "$VENV/bin/python" ] || "${PYTHON:-python3}" -m venv --system-site-packages "$VENV"
   PY="$VENV/bin/python"
 fi
+if ! "$PY" -c "import torch, transformers, safetensors" 2>>"$LOG"; then
+  log "no PyTorch/transformers/safetensors for $PY: run bash setup.sh first, or use a machine whose python3 has them"
+  exit 1
+fi
+log "python: $PY"
 "$PY" - <<'PYEOF' 2>&1 | tee -a "$LOG"
 import importlib, torch
 print("python", __import__("sys").version.split()[0], "| torch", torch.__version__, "| cuda", torch.version.cuda,
