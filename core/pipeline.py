@@ -14,6 +14,7 @@ dtype (`core.activations`); each block computes in `compute_dtype` (float32 on t
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
@@ -236,6 +237,7 @@ def prune_blocks(
             inputs.close()
             inputs = outputs
             layers.extend(results)
+            _return_freed_memory()
         inputs.close()
         devices = sorted({p.device for p in placements})
         result = PruneResult(plan, ",".join(devices), layers, skipped, time.perf_counter() - started)
@@ -247,6 +249,23 @@ def prune_blocks(
         budget.close()
     on_event(Finished(result))
     return result
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap's free pages back to the OS between phases (glibc only). Tensors under glibc's mmap
+    threshold (up to 32 MB) live in the heap; without this, fragmentation grew a streamed 1.1B model's
+    resident set by about 50 MB per block."""
+    try:
+        _libc().malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    import ctypes
+
+    return ctypes.CDLL("libc.so.6")
 
 
 def _block_bytes(block: nn.Module, dtype: torch.dtype) -> int:
@@ -310,6 +329,7 @@ def _prune_block(turn: _Turn, layout, plan, skipped, on_event, cancel, with_summ
                     turn.run(batch)
         finally:
             stats = collector.close()
+        _return_freed_memory()
     pruned = {}
     for i, (name, (info, target)) in enumerate(targets.items()):
         cancel.check()
@@ -334,6 +354,9 @@ def _prune_block(turn: _Turn, layout, plan, skipped, on_event, cancel, with_summ
         assert follows_pattern(weight_matrix(layer), plan.pattern), f"{info.full_name} breaks {plan.pattern}"
         pruned[name] = (info, target, time.perf_counter() - tic, outcome.notes, summary)
         stats.pop(name, None)
+        del outcome
+        _return_freed_memory()
+    _return_freed_memory()
     on_event(Phase("propagate", 0, 1, f"block {index}"))
     errors = _propagate(turn, {n: modules[n] for n in pruned}, targets, plan.error_tokens, cancel)
     results = []
