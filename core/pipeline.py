@@ -34,7 +34,7 @@ from .methods.sparsegpt import NotPositiveDefinite
 from .models import LoadedModel
 from .placement import block_devices
 from .plan import PrunePlan, resolve_device
-from .stats import HESSIAN, StatsCollector
+from .stats import HESSIAN, StatsCollector, StopBlock
 
 
 @dataclass
@@ -225,7 +225,9 @@ def prune_blocks(
             cancel.check()
             on_event(BlockStarted(index, len(layout.blocks)))
             here = torch.device(placement.device)
-            calls = calls_on.setdefault(placement.device, [c.to(here, compute) for c in raw_calls])
+            if placement.device not in calls_on:
+                calls_on[placement.device] = [c.to(here, compute) for c in raw_calls]
+            calls = calls_on[placement.device]
             block = source.load(index, here, compute)
             outputs = budget.new_store()
             turn = _Turn(index, block, here, compute, source.storage_dtype, inputs, outputs, calls, source)
@@ -325,8 +327,12 @@ def _prune_block(turn: _Turn, layout, plan, skipped, on_event, cancel, with_summ
         try:
             for batch in range(len(turn.calls)):
                 cancel.check()
-                with torch.no_grad():
-                    turn.run(batch)
+                try:
+                    with torch.no_grad():
+                        turn.run(batch)
+                except StopBlock:
+                    pass
+                collector.stop_after_last()
         finally:
             stats = collector.close()
         _return_freed_memory()

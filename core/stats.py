@@ -31,11 +31,18 @@ class LayerStats:
         return self.xtx * (2.0 / max(self.tokens, 1))
 
 
+class StopBlock(Exception):
+    """Raised by a collector once the last hooked layer has its input: nothing after it is needed."""
+
+
 class StatsCollector:
-    """Hooks the given linear layers; after the block has run forward, `close()` returns their stats.
+    """Hooks the given linear layers (on their inputs); after the block has run forward, `close()` returns their stats.
 
     Layers fed the same tensor object within one forward (q/k/v after the same norm) are
     found on the first call and share one `LayerStats`: the sums are computed once.
+    After `stop_after_last()`, each later forward ends (with `StopBlock`) as soon as the layer that
+    came last in the first forward has its input recorded: a Llama block's statistics pass then skips
+    its down projection, about a quarter of the block's matmul work, with identical statistics.
     """
 
     def __init__(self, layers: dict[str, nn.Module], needs: set[str]):
@@ -43,12 +50,20 @@ class StatsCollector:
         self._own: dict[str, LayerStats] = {}
         self._leader: dict[str, str] = {}
         self._last: tuple[torch.Tensor, str] | None = None
-        self._handles = [layer.register_forward_hook(self._hook(name)) for name, layer in layers.items()]
+        self._stop_at: str | None = None
+        self._handles = [layer.register_forward_pre_hook(self._hook(name)) for name, layer in layers.items()]
 
     def _hook(self, name: str):
-        def hook(module, inputs, output):
+        def hook(module, inputs):
             self._record(name, inputs[0])
+            if name == self._stop_at:
+                raise StopBlock
         return hook
+
+    def stop_after_last(self) -> None:
+        """From now on, stop each forward at the layer that was called last so far."""
+        if self._last is not None:
+            self._stop_at = self._last[1]
 
     def _record(self, name: str, inp: torch.Tensor) -> None:
         if name not in self._leader:
