@@ -30,6 +30,7 @@ class LayerSummary:
     score_threshold: float | None  # log10 of the largest pruned score
     heatmap: np.ndarray            # [rows', cols'] fraction of weights kept per cell, float32
     heatmap_cell: tuple[int, int]  # weights per heatmap cell along (rows, cols)
+    score_factors: tuple[int, np.ndarray] | None = None  # score = |W|**power * factor[column], when it has that form
 
 
 def histogram(values: torch.Tensor, bins: int = HISTOGRAM_BINS, lo: float | None = None, hi: float | None = None) -> Histogram:
@@ -58,9 +59,47 @@ def summarize(before: torch.Tensor, outcome) -> LayerSummary:
     after = outcome.weight[outcome.weight != 0]
     scores, threshold = None, None
     if outcome.score is not None:
-        logs = outcome.score.float().clamp_min(1e-30).log10()
-        scores = histogram(logs)
-        pruned = logs[outcome.mask]
-        threshold = float(pruned.max()) if pruned.numel() else None
+        # zero scores (exact-zero weights, dead input columns) have no logarithm: left out of the histogram
+        score = outcome.score.float()
+        positive = score > 0
+        scores = histogram(score[positive].log10())
+        pruned = score[outcome.mask & positive]
+        threshold = float(pruned.max().log10()) if pruned.numel() else None
     heatmap, cell = kept_heatmap(outcome.mask)
-    return LayerSummary(histogram(before, lo=lo, hi=hi), histogram(after, lo=lo, hi=hi), scores, threshold, heatmap, cell)
+    factors = score_factors(before, outcome.score) if outcome.score is not None else None
+    return LayerSummary(histogram(before, lo=lo, hi=hi), histogram(after, lo=lo, hi=hi), scores, threshold, heatmap, cell,
+                        factors)
+
+
+def score_factors(weight: torch.Tensor, score: torch.Tensor) -> tuple[int, np.ndarray] | None:
+    """Write a score as |W|**power times one factor per input column, if it is of that form.
+
+    Magnitude (|W|, factor 1), Wanda (|W|·‖X_j‖) and SparseGPT (W²/[H⁻¹]_jj²) all are, so a few
+    hundred floats let the studio show the score of any single weight without keeping the score matrix.
+    """
+    weight, score = weight.float(), score.float()
+    for power in (1, 2):
+        magnitude = weight.abs().pow(power)
+        factors = score.amax(0) / magnitude.amax(0).clamp_min(1e-30)
+        if torch.allclose(magnitude * factors, score, rtol=1e-4, atol=1e-12 * float(score.abs().max())):
+            return power, factors.cpu().numpy().astype(np.float32)
+    return None
+
+
+def preview(weight: torch.Tensor, sparsity: float, bins: int = HISTOGRAM_BINS) -> LayerSummary:
+    """The views of a layer no run has pruned: its weights, log10 |W| (the magnitude score) with the
+    threshold that would prune `sparsity` of them, and its kept-fraction heatmap (zeros count as pruned)."""
+    weight = weight.detach().float()
+    weights = histogram(weight, bins)
+    magnitudes = weight.abs()
+    scores = histogram(magnitudes[magnitudes > 0].log10_(), bins)
+    threshold = quantile_from_histogram(scores, sparsity) if sparsity > 0 else None
+    heatmap, cell = kept_heatmap(weight == 0)
+    return LayerSummary(weights, weights, scores, threshold, heatmap, cell, (1, np.ones(weight.shape[1], np.float32)))
+
+
+def quantile_from_histogram(hist: Histogram, q: float) -> float:
+    """The value below which a fraction `q` of the histogram's counts lie (linear within a bin)."""
+    cumulative = np.concatenate([[0], np.cumsum(hist.counts)]).astype(np.float64)
+    target = q * cumulative[-1]
+    return float(np.interp(target, cumulative, hist.edges))

@@ -1,0 +1,327 @@
+"""The studio's state and the engine jobs it starts; no widgets here.
+
+Widgets collect choices and call the controller; the controller runs engine functions on a worker
+thread and announces what happened through signals, always emitted in the GUI thread. Engine jobs
+(open, calibrate, prune, evaluate, export) queue on one worker; the small views a selection asks
+for run on a second, so a long run never delays them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from PySide6.QtCore import QObject, Signal, Slot
+
+from core import session
+from core.calibration import CalibrationSet, load_calibration
+from core.errors import UserError
+from core.evaluate import evaluation_windows, perplexity
+from core.events import LayerPruned
+from core.export import build_report, check_output, write_export
+from core.models import LoadedModel, open_model
+from core.pipeline import prune
+from core.plan import PrunePlan
+
+from .worker import Worker
+
+
+@dataclass(frozen=True)
+class CalibrationChoice:
+    files: tuple[str, ...]
+    nsamples: int
+    seqlen: int
+    seed: int
+    text_field: str = "text"
+
+
+@dataclass(frozen=True)
+class EvaluationChoice:
+    path: str
+    seqlen: int
+    windows: int
+
+
+class Controller(QObject):
+    model_loading = Signal(str)
+    model_opened = Signal(object)             # LoadedModel
+    calibration_ready = Signal(object)        # CalibrationSet
+    calibration_failed = Signal(str)
+    run_started = Signal(object)              # PrunePlan
+    progress = Signal(object)                 # core.events.Event
+    layer_pruned = Signal(object, object)     # LayerResult, LayerView
+    run_finished = Signal(object)             # RunRecord
+    run_cancelled = Signal()
+    layer_view_ready = Signal(object)         # LayerView
+    tile_ready = Signal(str, object)          # layer name, Tile
+    evaluation_done = Signal(object)          # RunRecord (or None) with perplexities
+    comparison_ready = Signal(object)         # Comparison
+    export_done = Signal(str)
+    error = Signal(str)
+    busy_changed = Signal(bool)
+    weights_restored = Signal()
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self.engine = Worker("engine", self)
+        self.views = Worker("views", self)
+        self.engine.busy_changed.connect(self.busy_changed)
+        self.loaded: LoadedModel | None = None
+        self.calib: CalibrationSet | None = None
+        self.calib_choice: CalibrationChoice | None = None
+        self.dense: session.WeightSnapshot | None = None
+        self.runs: list[session.RunRecord] = []
+        self.applied: session.RunRecord | None = None     # the run whose weights the model holds now
+        self.dense_ppl: dict = {}
+        self._run_job = None
+        self._view_job = None
+        self._tile_job = None
+
+    # ---- model -------------------------------------------------------------------------------------
+    def open_model(self, spec: str) -> None:
+        spec = spec.strip()
+        if not spec:
+            self.error.emit("Type a model folder, a .gguf file, a hub id or 'demo' first.")
+            return
+        self.model_loading.emit(spec)
+        self.engine.submit("open model", lambda on_event, cancel: open_model(spec, on_event=on_event),
+                           on_done=self.set_model, on_error=self._fail, on_event=self.progress.emit)
+
+    @Slot(object)
+    def set_model(self, loaded: LoadedModel) -> None:
+        self.loaded, self.calib, self.calib_choice, self.dense = loaded, None, None, None
+        self.runs, self.applied, self.dense_ppl = [], None, {}
+        self.model_opened.emit(loaded)
+
+    # ---- calibration ---------------------------------------------------------------------------------
+    def load_calibration(self, choice: CalibrationChoice, then=None) -> None:
+        if not self._need_model():
+            return
+        tokenizer = self.loaded.tokenizer
+
+        def job(on_event, cancel):
+            return load_calibration(list(choice.files), tokenizer, nsamples=choice.nsamples, seqlen=choice.seqlen,
+                                    seed=choice.seed, text_field=choice.text_field, on_event=on_event)
+
+        def done(calib):
+            self.calib, self.calib_choice = calib, choice
+            self.calibration_ready.emit(calib)
+            if then:
+                then()
+
+        def failed(message, user_error):
+            self.calibration_failed.emit(message)
+            self._fail(message, user_error)
+
+        self.engine.submit("calibration", job, on_done=done, on_error=failed, on_event=self.progress.emit)
+
+    # ---- pruning -------------------------------------------------------------------------------------
+    def start_run(self, plan_options: dict, choice: CalibrationChoice) -> None:
+        if not self._need_model():
+            return
+        try:
+            plan = PrunePlan.build(**plan_options)
+        except UserError as exc:
+            self.error.emit(str(exc))
+            return
+        if self.running:
+            self.error.emit("A run is already going: wait for it or cancel it first.")
+            return
+        if self.calib is None or self.calib_choice != choice:
+            self.load_calibration(choice, then=lambda: self._prune(plan))
+        else:
+            self._prune(plan)
+
+    @property
+    def running(self) -> bool:
+        return self._run_job is not None
+
+    def _prune(self, plan: PrunePlan) -> None:
+        loaded, calib = self.loaded, self.calib
+        number = len(self.runs) + 1
+        first_run = self.dense is None
+
+        def job(on_event, cancel):
+            if first_run:
+                self.dense = session.WeightSnapshot(loaded)
+            else:
+                self.dense.restore(loaded)       # every run starts from the dense model
+            result = prune(loaded, calib, plan, on_event, cancel, with_summaries=True)
+            masks = session.pack_masks(loaded, [layer.name for layer in result.layers])
+            return session.RunRecord(number, plan.method, str(plan.pattern), plan.sparsity, result.sparsity,
+                                     result.seconds, result, {}, masks)
+
+        self.applied = None
+        summaries = {}
+
+        def on_event(event):
+            if isinstance(event, LayerPruned) and event.summary is not None:
+                view = session.run_view(event.result.name, event.result.shape, event.summary, plan.method)
+                summaries[event.result.name] = view
+                self.layer_pruned.emit(event.result, view)
+            self.progress.emit(event)
+
+        def done(record):
+            self._run_job = None
+            record.layer_summaries = summaries
+            self.runs.append(record)
+            self.applied = record
+            self.run_finished.emit(record)
+
+        def cancelled():
+            self._run_job = None         # the pipeline restored the weights it had: the dense ones
+            self.run_cancelled.emit()
+
+        def failed(message, user_error):
+            self._run_job = None
+            self._fail(message, user_error)
+
+        self.run_started.emit(plan)
+        self._run_job = self.engine.submit("pruning", job, on_done=done, on_error=failed, on_event=on_event,
+                                           on_cancelled=cancelled)
+
+    def cancel_run(self) -> None:
+        if self._run_job is not None:
+            self._run_job.cancel.cancel()
+
+    def summary_of(self, name: str):
+        return self.applied.layer_summaries.get(name) if self.applied else None
+
+    # ---- views ---------------------------------------------------------------------------------------
+    def request_layer_view(self, name: str, sparsity: float = 0.5) -> None:
+        """Show a layer: from the applied run's summary when it has one, else computed on the views thread."""
+        view = self.summary_of(name)
+        if view is not None:
+            self.layer_view_ready.emit(view)
+            return
+        if not self._need_model():
+            return
+        if self._view_job is not None:
+            self._view_job.cancel.cancel()      # only the latest selection matters
+        loaded = self.loaded
+
+        def job(on_event, cancel):
+            cancel.check()
+            return session.dense_view(name, session.current_weight(loaded, name), sparsity)
+
+        self._view_job = self.views.submit("layer view", job, on_done=self._view_done, on_error=self._fail)
+
+    def _view_done(self, view) -> None:
+        self._view_job = None
+        self.layer_view_ready.emit(view)
+
+    def request_tile(self, name: str, rows: tuple[int, int], cols: tuple[int, int]) -> None:
+        if self.loaded is None:
+            return
+        if self._tile_job is not None:
+            self._tile_job.cancel.cancel()
+        loaded, dense = self.loaded, self.dense
+        view = self.summary_of(name)
+        factors = view.summary.score_factors if view is not None else None
+
+        def job(on_event, cancel):
+            cancel.check()
+            current = session.current_weight(loaded, name)
+            before = dense.weights[name] if dense is not None and self.applied is not None else current
+            own = factors if factors is not None else (1, None)
+            if own[1] is None:
+                import numpy as np
+                own = (1, np.ones(current.shape[1], np.float32))
+            return session.tile(before, current, rows, cols, own)
+
+        def done(result):
+            self._tile_job = None
+            self.tile_ready.emit(name, result)
+
+        self._tile_job = self.views.submit("mask tile", job, on_done=done, on_error=self._fail)
+
+    def compare(self, a: int, b: int, layer: str | None) -> None:
+        runs = {r.number: r for r in self.runs}
+        if a not in runs or b not in runs or a == b:
+            self.error.emit("Select two different runs in the history table to compare them.")
+            return
+        self.views.submit("compare runs", lambda on_event, cancel: session.compare(runs[a], runs[b], layer),
+                          on_done=self.comparison_ready.emit, on_error=self._fail)
+
+    # ---- evaluation ----------------------------------------------------------------------------------
+    def evaluate(self, choice: EvaluationChoice) -> None:
+        """Perplexity of the dense model (cached per text and window) and of the applied run, if any."""
+        if not self._need_model():
+            return
+        loaded, record, dense = self.loaded, self.applied, self.dense
+        key = (choice.path, choice.seqlen, choice.windows)
+        known_dense = self.dense_ppl.get(key)
+
+        def job(on_event, cancel):
+            windows = evaluation_windows(loaded.tokenizer, choice.path, choice.seqlen, choice.windows)
+            dense_ppl = known_dense
+            if dense_ppl is None:
+                pruned = session.WeightSnapshot(loaded) if record is not None else None
+                if pruned is not None:
+                    dense.restore(loaded)
+                try:
+                    dense_ppl = perplexity(loaded.model, windows, on_event=on_event, cancel=cancel)
+                finally:
+                    if pruned is not None:
+                        pruned.restore(loaded)
+            pruned_ppl = perplexity(loaded.model, windows, on_event=on_event, cancel=cancel) if record else None
+            return dense_ppl, pruned_ppl
+
+        def done(result):
+            dense_ppl, pruned_ppl = result
+            self.dense_ppl[key] = dense_ppl
+            if record is not None:
+                record.ppl_dense, record.ppl = dense_ppl.ppl, pruned_ppl.ppl
+            self.evaluation_done.emit((record, dense_ppl, pruned_ppl))
+
+        self.engine.submit("evaluation", job, on_done=done, on_error=self._fail, on_event=self.progress.emit)
+
+    # ---- export --------------------------------------------------------------------------------------
+    def export(self, out: str, overwrite: bool) -> None:
+        if not self._need_model():
+            return
+        try:
+            check_output(out, overwrite)
+        except UserError as exc:
+            self.error.emit(str(exc))
+            return
+        loaded, record, calib = self.loaded, self.applied, self.calib
+        if record is None:
+            self.error.emit("Nothing to export yet: run a pruning method first.")
+            return
+
+        def job(on_event, cancel):
+            report = build_report(loaded, record.result, calib, durations={"prune": record.seconds})
+            if record.ppl is not None:
+                report["perplexity"] = {"dense": {"ppl": record.ppl_dense}, "pruned": {"ppl": record.ppl}}
+            return str(write_export(loaded, out, report, calib, overwrite=overwrite, on_event=on_event))
+
+        self.engine.submit("export", job, on_done=self.export_done.emit, on_error=self._fail,
+                           on_event=self.progress.emit)
+
+    # ---- plumbing ------------------------------------------------------------------------------------
+    def restore_dense(self) -> None:
+        if self.dense is None or self.applied is None or self.running:
+            return
+        loaded, dense = self.loaded, self.dense
+
+        def done(_):
+            self.applied = None
+            self.weights_restored.emit()
+
+        self.engine.submit("restore", lambda on_event, cancel: dense.restore(loaded), on_done=done, on_error=self._fail)
+
+    def _need_model(self) -> bool:
+        if self.loaded is None:
+            self.error.emit("Open a model first: the welcome page offers the demo model, a folder, a .gguf file or a hub id.")
+            return False
+        return True
+
+    def _fail(self, message: str, user_error: bool = True) -> None:
+        self.error.emit(message)
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+        self.views.shutdown()
+
