@@ -53,6 +53,7 @@ class Controller(QObject):
     layer_pruned = Signal(object, object)     # LayerResult, LayerView
     run_finished = Signal(object)             # RunRecord
     run_cancelled = Signal()
+    run_failed = Signal()
     layer_view_ready = Signal(object)         # LayerView
     tile_ready = Signal(str, object)          # layer name, Tile
     evaluation_done = Signal(object)          # RunRecord (or None) with perplexities
@@ -95,9 +96,9 @@ class Controller(QObject):
         self.model_opened.emit(loaded)
 
     # ---- calibration ---------------------------------------------------------------------------------
-    def load_calibration(self, choice: CalibrationChoice, then=None) -> None:
+    def load_calibration(self, choice: CalibrationChoice, then=None, on_failed=None):
         if not self._need_model():
-            return
+            return None
         tokenizer = self.loaded.tokenizer
 
         def job(on_event, cancel):
@@ -112,26 +113,44 @@ class Controller(QObject):
 
         def failed(message, user_error):
             self.calibration_failed.emit(message)
+            if on_failed:
+                on_failed()
             self._fail(message, user_error)
 
-        self.engine.submit("calibration", job, on_done=done, on_error=failed, on_event=self.progress.emit)
+        return self.engine.submit("calibration", job, on_done=done, on_error=failed, on_event=self.progress.emit,
+                                  on_cancelled=on_failed)
 
     # ---- pruning -------------------------------------------------------------------------------------
     def start_run(self, plan_options: dict, choice: CalibrationChoice) -> None:
+        """Validate the plan, tokenize the calibration if it changed, then prune; `run_started` comes at once."""
         if not self._need_model():
+            return
+        if self.running:
+            self.error.emit("A run is already going: wait for it or cancel it first.")
             return
         try:
             plan = PrunePlan.build(**plan_options)
         except UserError as exc:
             self.error.emit(str(exc))
             return
-        if self.running:
-            self.error.emit("A run is already going: wait for it or cancel it first.")
-            return
-        if self.calib is None or self.calib_choice != choice:
-            self.load_calibration(choice, then=lambda: self._prune(plan))
-        else:
+        self.run_started.emit(plan)
+        if self.calib is not None and self.calib_choice == choice:
             self._prune(plan)
+            return
+
+        def calibrated():
+            if self._run_job is not None and self._run_job.cancel.cancelled:
+                self._run_job = None
+                self.run_cancelled.emit()
+            else:
+                self._prune(plan)
+
+        def stopped():
+            cancelled = self._run_job is not None and self._run_job.cancel.cancelled
+            self._run_job = None
+            (self.run_cancelled if cancelled else self.run_failed).emit()
+
+        self._run_job = self.load_calibration(choice, then=calibrated, on_failed=stopped)
 
     @property
     def running(self) -> bool:
@@ -175,9 +194,9 @@ class Controller(QObject):
 
         def failed(message, user_error):
             self._run_job = None
+            self.run_failed.emit()
             self._fail(message, user_error)
 
-        self.run_started.emit(plan)
         self._run_job = self.engine.submit("pruning", job, on_done=done, on_error=failed, on_event=on_event,
                                            on_cancelled=cancelled)
 

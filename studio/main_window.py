@@ -135,6 +135,7 @@ class MainWindow(QMainWindow):
         c.layer_pruned.connect(self._layer_pruned)
         c.run_finished.connect(self._run_finished)
         c.run_cancelled.connect(self._run_cancelled)
+        c.run_failed.connect(lambda: self.run_panel.set_running(False))
         c.layer_view_ready.connect(self._show_layer_view)
         c.tile_ready.connect(self.heatmap.show_tile)
         c.evaluation_done.connect(self._evaluation_done)

@@ -82,7 +82,7 @@ class MaskHeatmap(QWidget):
         return (int(max(0, y0)), int(np.ceil(y1))), (int(max(0, x0)), int(np.ceil(x1)))
 
     def _maybe_ask_tile(self) -> None:
-        if self.name is None or self.cell == (1, 1):
+        if self.name is None:
             return
         rows, cols = self._visible()
         if rows[1] - rows[0] <= TILE_CELLS and cols[1] - cols[0] <= TILE_CELLS:
