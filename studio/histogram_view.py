@@ -23,7 +23,14 @@ class HistogramView(QWidget):
         self.title.setObjectName("heading")
         self.weights_plot = _plot("Weights", "weight value")
         self.scores_plot = _plot("Score", "score")
-        self.weights_plot.addLegend(offset=(-10, 10))
+        self.legend = self.weights_plot.addLegend(offset=(-10, 10))
+        self.before = _curve(self.weights_plot, BEFORE, "weights")
+        self.after = _curve(self.weights_plot, AFTER, "after (non-zero)")
+        self.scores = _curve(self.scores_plot, BEFORE)
+        self.threshold = pg.InfiniteLine(0, angle=90, pen=pg.mkPen(THRESHOLD, width=2, style=pg.QtCore.Qt.PenStyle.DashLine),
+                                         label="threshold", labelOpts={"position": 0.92, "color": THRESHOLD})
+        self.scores_plot.addItem(self.threshold)
+        self.clear()
         header = QHBoxLayout()
         header.addWidget(self.title, 1)
         header.addWidget(self.log_y)
@@ -42,34 +49,47 @@ class HistogramView(QWidget):
 
     def clear(self) -> None:
         self.view = None
-        self.weights_plot.clear()
-        self.scores_plot.clear()
+        for item in (self.before, self.after, self.scores):
+            item.setData([], [])
+        self.threshold.hide()
 
     @property
     def shown_curves(self) -> int:
-        return sum(isinstance(item, pg.PlotDataItem) for item in self.weights_plot.listDataItems())
+        return sum(item.isVisible() and item.xData is not None and len(item.xData) > 0
+                   for item in (self.before, self.after))
+
+    def _show_in_legend(self, item, visible: bool) -> None:
+        present = any(sample.item is item for sample, _ in self.legend.items)
+        if visible and not present:
+            self.legend.addItem(item, "after (non-zero)")
+        elif not visible and present:
+            self.legend.removeItem(item)
 
     def _redraw(self) -> None:
+        """Update the curves in place: rebuilding plot items on every selection cost tens of ms."""
         if self.view is None:
             return
         summary = self.view.summary
         log = self.log_y.isChecked()
         label = "log10 count" if log else "count"
-        self.weights_plot.clear()
         self.weights_plot.setLabel("left", label)
-        _steps(self.weights_plot, summary.weights_before, BEFORE, "before" if self.view.pruned else "weights", log)
-        if self.view.pruned:
-            _steps(self.weights_plot, summary.weights_after, AFTER, "after (non-zero)", log)
-        self.scores_plot.clear()
         self.scores_plot.setLabel("left", label)
         self.scores_plot.setLabel("bottom", self.view.score_label)
+        _set_steps(self.before, summary.weights_before, log)
+        self.legend.getLabel(self.before).setText("before" if self.view.pruned else "weights")
+        self.after.setVisible(self.view.pruned)
+        self._show_in_legend(self.after, self.view.pruned)
+        if self.view.pruned:
+            _set_steps(self.after, summary.weights_after, log)
         if summary.scores is not None:
-            _steps(self.scores_plot, summary.scores, BEFORE, None, log)
+            _set_steps(self.scores, summary.scores, log)
+        else:
+            self.scores.setData([], [])
         if summary.score_threshold is not None:
-            line = pg.InfiniteLine(summary.score_threshold, angle=90,
-                                   pen=pg.mkPen(THRESHOLD, width=2, style=pg.QtCore.Qt.PenStyle.DashLine),
-                                   label="threshold", labelOpts={"position": 0.9, "color": THRESHOLD})
-            self.scores_plot.addItem(line)
+            self.threshold.setValue(summary.score_threshold)
+            self.threshold.show()
+        else:
+            self.threshold.hide()
 
 
 def _plot(title: str, xlabel: str) -> pg.PlotWidget:
@@ -81,9 +101,13 @@ def _plot(title: str, xlabel: str) -> pg.PlotWidget:
     return plot
 
 
-def _steps(plot, hist, colour, name, log: bool) -> None:
+def _curve(plot, colour, name=None) -> pg.PlotDataItem:
+    return plot.plot([0, 1], [0], stepMode="center", fillLevel=0, name=name,
+                     brush=pg.mkBrush(*colour, 70), pen=pg.mkPen(colour, width=1.5))
+
+
+def _set_steps(curve, hist, log: bool) -> None:
     counts = hist.counts.astype(np.float64)
     if log:
         counts = np.log10(np.maximum(counts, 1.0))
-    plot.plot(hist.edges, counts, stepMode="center", fillLevel=0, name=name,
-              brush=pg.mkBrush(*colour, 70), pen=pg.mkPen(colour, width=1.5))
+    curve.setData(hist.edges, counts)
