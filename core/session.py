@@ -65,6 +65,7 @@ class LayerView:
     summary: summaries.LayerSummary
     pruned: bool                 # True when the summary comes from a run (before/after overlay)
     score_label: str
+    row_stride: int = 1          # > 1: a preview read every row_stride-th row of a big layer
 
 
 @dataclass(frozen=True)
@@ -117,8 +118,9 @@ def pack_masks(loaded: LoadedModel, names) -> dict:
 def dense_view(name: str, weight: torch.Tensor, sparsity: float) -> LayerView:
     """A layer no run has touched: its weights, |W| as the score a magnitude run would use, and the
     threshold that would prune `sparsity` of it (read off the histogram)."""
-    summary = summaries.preview(weight, sparsity)
-    return LayerView(name, tuple(weight.shape), summary, False, "log10 |W|  (magnitude preview)")
+    summary, stride = summaries.preview(weight, sparsity)
+    label = "log10 |W|  (magnitude preview" + (f", every {stride}th row)" if stride > 1 else ")")
+    return LayerView(name, tuple(weight.shape), summary, False, label, stride)
 
 
 def run_view(name: str, shape, summary, method: str) -> LayerView:

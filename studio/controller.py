@@ -79,6 +79,7 @@ class Controller(QObject):
         self._run_job = None
         self._view_job = None
         self._tile_job = None
+        self._previews: dict = {}      # (layer, sparsity) -> LayerView of the dense model
 
     # ---- model -------------------------------------------------------------------------------------
     def open_model(self, spec: str) -> None:
@@ -94,6 +95,7 @@ class Controller(QObject):
     def set_model(self, loaded: LoadedModel) -> None:
         self.loaded, self.calib, self.calib_choice, self.dense = loaded, None, None, None
         self.runs, self.applied, self.dense_ppl = [], None, {}
+        self._previews = {}
         _freeze_long_lived_objects()
         self.model_opened.emit(loaded)
 
@@ -212,7 +214,8 @@ class Controller(QObject):
     # ---- views ---------------------------------------------------------------------------------------
     def request_layer_view(self, name: str, sparsity: float = 0.5) -> None:
         """Show a layer: from the applied run's summary when it has one, else computed on the views thread."""
-        view = self.summary_of(name)
+        dense_now = self.applied is None and not self.running     # the model holds its dense weights
+        view = self.summary_of(name) or (self._previews.get((name, sparsity)) if dense_now else None)
         if view is not None:
             self.layer_view_ready.emit(view)
             return
@@ -226,11 +229,13 @@ class Controller(QObject):
             cancel.check()
             return session.dense_view(name, session.current_weight(loaded, name), sparsity)
 
-        self._view_job = self.views.submit("layer view", job, on_done=self._view_done, on_error=self._fail)
+        def done(view):
+            self._view_job = None
+            if dense_now and self.applied is None and not self.running:
+                self._previews[(name, sparsity)] = view
+            self.layer_view_ready.emit(view)
 
-    def _view_done(self, view) -> None:
-        self._view_job = None
-        self.layer_view_ready.emit(view)
+        self._view_job = self.views.submit("layer view", job, on_done=done, on_error=self._fail)
 
     def request_tile(self, name: str, rows: tuple[int, int], cols: tuple[int, int]) -> None:
         if self.loaded is None:

@@ -44,6 +44,8 @@ class HistogramView(QWidget):
         self.view = view
         rows, cols = view.shape
         state = "after the run" if view.pruned else "dense"
+        if view.row_stride > 1:
+            state += f", sampled: every {view.row_stride}th row"
         self.title.setText(f"{view.name}   {rows} × {cols}   ({state})")
         self._redraw()
 

@@ -58,7 +58,8 @@ def test_quantile_from_histogram_is_close_to_the_exact_quantile():
 def test_preview_of_a_dense_layer():
     weight = torch.randn(300, 520)
     weight[0, :10] = 0
-    summary = summaries.preview(weight, 0.5)
+    summary, stride = summaries.preview(weight, 0.5)
+    assert stride == 1
     assert summary.weights_before.counts.sum() == weight.numel()
     assert summary.scores.counts.sum() == weight.numel() - 10      # zeros have no log score
     kept = summary.heatmap
@@ -114,3 +115,20 @@ def test_weight_snapshot_restores_and_eta():
             assert torch.equal(value, before[key])
     assert session.eta_seconds(0.0, 2, 10, now=4.0) == pytest.approx(16.0)
     assert session.eta_seconds(0.0, 0, 10, now=4.0) is None
+
+
+def test_preview_of_a_big_layer_reads_every_strided_row_and_scales_the_counts():
+    weight = torch.randn(1000, 300)
+    weight[::4] = 0                     # every 4th row pruned: the sample sees all of them
+    summary, stride = summaries.preview(weight, 0.5, max_weights=100_000)
+    assert stride == 3
+    sample = weight[::3]
+    assert summary.weights_before.counts.sum() == sample.numel() * 3
+    assert summary.scores.counts.sum() == int((sample != 0).sum()) * 3
+    kept = float((sample != 0).float().mean())
+    assert summary.heatmap.mean() == pytest.approx(kept, abs=0.02)
+
+
+def test_preview_of_an_all_zero_layer_has_no_scores():
+    summary, _ = summaries.preview(torch.zeros(8, 8), 0.5)
+    assert summary.scores is None and summary.score_threshold is None and summary.heatmap.max() == 0
