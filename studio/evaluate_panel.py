@@ -15,8 +15,7 @@ class EvaluatePanel(QGroupBox):
     def __init__(self, parent=None):
         super().__init__("Evaluate", parent)
         self.path = QLineEdit(placeholderText="Evaluation text, e.g. wiki.test.raw")
-        browse = QPushButton("…")
-        browse.setFixedWidth(32)
+        browse = QPushButton("Browse…")
         browse.clicked.connect(self._choose)
         row = QHBoxLayout()
         row.addWidget(self.path, 1)

@@ -34,11 +34,13 @@ class HistogramView(QWidget):
         header = QHBoxLayout()
         header.addWidget(self.title, 1)
         header.addWidget(self.log_y)
+        plots = QHBoxLayout()
+        plots.addWidget(self.weights_plot, 1)
+        plots.addWidget(self.scores_plot, 1)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addLayout(header)
-        layout.addWidget(self.weights_plot, 1)
-        layout.addWidget(self.scores_plot, 1)
+        layout.addLayout(plots, 1)
 
     def show_view(self, view) -> None:
         self.view = view

@@ -25,7 +25,8 @@ class HistoryTable(QWidget):
         self.compare_button.clicked.connect(self._compare)
         self.summary = QLabel("Select two runs to compare their masks")
         self.summary.setObjectName("hint")
-        self.difference = MaskHeatmap(title="Masks differ: fraction of weights per cell", colormap="inferno")
+        self.difference = MaskHeatmap(title="Where the two runs' masks differ (fraction of weights per cell)",
+                                      colormap="inferno", label="differ")
         self.difference.colorbar.setLevels((0, 1))
         self.agreement = _table(["Layer", "Agreement"])
         top = QWidget()

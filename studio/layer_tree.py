@@ -6,7 +6,8 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QLineEdit, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
 
-COLUMNS = ["Layer", "Shape", "Params", "Target", "Achieved", "Error"]
+COLUMNS = ["Layer", "Shape", "Params", "Sparsity", "Error"]
+SPARSITY, ERROR = 3, 4
 NAME_ROLE = Qt.ItemDataRole.UserRole
 
 
@@ -40,7 +41,7 @@ class LayerTree(QWidget):
                                         _count(info.out_features * info.in_features)])
                 item.setData(0, NAME_ROLE, info.full_name)
                 item.setToolTip(0, info.full_name)
-                for col in (2, 3, 4, 5):
+                for col in (2, SPARSITY, ERROR):
                     item.setTextAlignment(col, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 parent.addChild(item)
                 self.items[info.full_name] = item
@@ -48,25 +49,25 @@ class LayerTree(QWidget):
             self.tree.addTopLevelItem(parent)
         if self.tree.topLevelItemCount():
             self.tree.topLevelItem(0).setExpanded(True)
-        for col in range(len(COLUMNS)):
-            self.tree.resizeColumnToContents(col)
-        self.tree.setColumnWidth(0, max(self.tree.columnWidth(0), 150))
-        for col, width in ((3, 56), (4, 70), (5, 64)):
+        self.tree.resizeColumnToContents(0)
+        self.tree.setColumnWidth(0, max(self.tree.columnWidth(0) + 10, 140))
+        for col, width in ((1, 92), (2, 66), (SPARSITY, 98), (ERROR, 70)):
             self.tree.setColumnWidth(col, width)
         self.apply_filter(self.filter.text())
 
     def clear_results(self) -> None:
         for item in self.items.values():
-            for col in (3, 4, 5):
+            for col in (SPARSITY, ERROR):
                 item.setText(col, "")
 
     def set_result(self, result) -> None:
         item = self.items.get(result.name)
         if item is None:
             return
-        item.setText(3, f"{result.target_sparsity:.0%}")
-        item.setText(4, f"{result.sparsity:.1%}")
-        item.setText(5, "" if result.error is None else f"{result.error:.3g}")
+        item.setText(SPARSITY, f"{result.target_sparsity:.0%} → {result.sparsity:.1%}")
+        item.setToolTip(SPARSITY, f"target {result.target_sparsity:.1%}, achieved {result.sparsity:.2%}")
+        item.setText(ERROR, "" if result.error is None else f"{result.error:.2e}")
+        item.setToolTip(ERROR, "relative output error ‖(W−Ŵ)X‖² / ‖WX‖² on calibration tokens")
 
     def select(self, full_name: str) -> None:
         item = self.items.get(full_name)

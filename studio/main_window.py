@@ -66,10 +66,10 @@ class MainWindow(QMainWindow):
         self.control_tabs.addTab(_scrolling(self.run_panel, self.evaluate_panel), "Prune")
         self.control_tabs.setMinimumWidth(340)
 
-        layer_page = QSplitter(Qt.Orientation.Horizontal)
+        layer_page = QSplitter(Qt.Orientation.Vertical)
         layer_page.addWidget(self.histograms)
         layer_page.addWidget(self.heatmap)
-        layer_page.setSizes([480, 620])
+        layer_page.setSizes([330, 420])
         self.tabs = QTabWidget()
         self.tabs.addTab(layer_page, "Layer")
         self.tabs.addTab(self.overview, "Model overview")
@@ -78,7 +78,7 @@ class MainWindow(QMainWindow):
         views = QSplitter(Qt.Orientation.Horizontal)
         views.addWidget(self.layer_tree)
         views.addWidget(self.tabs)
-        views.setSizes([500, 1000])
+        views.setSizes([470, 1000])
         views.setStretchFactor(1, 1)
 
         workspace = QSplitter(Qt.Orientation.Horizontal)
@@ -102,7 +102,7 @@ class MainWindow(QMainWindow):
         self.progress_dock.setWidget(self.progress_panel)
         self.progress_dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable)
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.progress_dock)
-        self.resizeDocks([self.progress_dock], [190], Qt.Orientation.Vertical)
+        self.resizeDocks([self.progress_dock], [150], Qt.Orientation.Vertical)
         self._build_menu()
 
     def _build_menu(self) -> None:
@@ -221,6 +221,7 @@ class MainWindow(QMainWindow):
 
     @Slot(object)
     def _run_started(self, plan) -> None:
+        self.control_tabs.setCurrentIndex(2)
         self.run_panel.set_running(True)
         self.export_action.setEnabled(False)
         self.layer_tree.clear_results()

@@ -20,7 +20,7 @@ pg.setConfigOptions(imageAxisOrder="row-major")
 class MaskHeatmap(QWidget):
     tile_wanted = Signal(str, object, object)   # layer name, (row0, row1), (col0, col1)
 
-    def __init__(self, parent=None, title="Mask: fraction of weights kept", colormap="viridis"):
+    def __init__(self, parent=None, title="Mask: fraction of weights kept", colormap="viridis", label="kept"):
         super().__init__(parent)
         self.name, self.shape, self.cell, self.tile = None, None, (1, 1), None
         self.heatmap = None
@@ -30,12 +30,13 @@ class MaskHeatmap(QWidget):
         self.plot.setLabel("left", "output row")
         self.plot.getViewBox().invertY(True)
         self.plot.getViewBox().setAspectLocked(False)
+        self.plot.getViewBox().setRange(xRange=(0, 1), yRange=(0, 1), padding=0)
         self.image = pg.ImageItem()
         self.tile_image = pg.ImageItem()
         self.tile_image.setZValue(10)
         self.plot.addItem(self.image)
         self.plot.addItem(self.tile_image)
-        self.colorbar = pg.ColorBarItem(values=(0, 1), colorMap=pg.colormap.get(colormap), label="kept", width=14,
+        self.colorbar = pg.ColorBarItem(values=(0, 1), colorMap=pg.colormap.get(colormap), label=label, width=14,
                                         interactive=False)
         self.colorbar.setImageItem([self.image, self.tile_image], insert_in=self.plot.getPlotItem())
         self.hover = QLabel("Hover over the mask to read a weight")

@@ -14,10 +14,10 @@ SHOWN_LAYER = "mlp.down_proj"
 
 class ScreenshotDriver(QObject):
     def __init__(self, window, spec: str, calib: list[str], eval_path: str | None, out: str,
-                 nsamples: int = 16, seqlen: int = 256):
+                 nsamples: int = 16, seqlen: int = 256, tab: int = 0):
         super().__init__(window)
         self.window, self.spec, self.calib, self.eval_path, self.out = window, spec, calib, eval_path, out
-        self.nsamples, self.seqlen = nsamples, seqlen
+        self.nsamples, self.seqlen, self.tab = nsamples, seqlen, tab
         self.status = 1
         c = window.controller
         c.model_opened.connect(self._opened)
@@ -62,6 +62,15 @@ class ScreenshotDriver(QObject):
         QApplication.instance().quit()
 
     def _save(self) -> None:
+        self.window.tabs.setCurrentIndex(self.tab)
+        if self.tab == 2 and self.window.selected_layer:
+            self.window.history.table.selectAll()
+            self.window.history.compare_button.click()
+            QTimer.singleShot(1500, self._grab)
+            return
+        self._grab()
+
+    def _grab(self) -> None:
         QApplication.processEvents()
         ok = self.window.grab().save(self.out)
         print(f"saved {self.out}" if ok else f"could not write {self.out}", file=sys.stderr)

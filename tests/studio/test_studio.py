@@ -112,7 +112,7 @@ def test_wanda_run_fills_the_table_overview_tree_and_heatmap(qtbot, studio_windo
     assert studio_window.history.table.rowCount() == 1
     assert studio_window.history.table.item(0, 1).text() == "wanda"
     assert studio_window.overview.bar_count == 14
-    assert studio_window.layer_tree.items[FIRST].text(4) == "50.0%"
+    assert studio_window.layer_tree.items[FIRST].text(3) == "50% → 50.0%"
     view = select(qtbot, studio_window, FIRST)
     assert view.pruned and studio_window.histograms.shown_curves == 2
     weight = weight_matrix(loaded.model.get_submodule(FIRST)).detach()
@@ -169,7 +169,7 @@ def test_cancel_midway_restores_every_weight(qtbot, studio_window, studio_tiny_l
         assert torch.equal(weight, original[name]), name
     assert studio_window.history.table.rowCount() == 0
     assert studio_window.run_panel.run_button.isEnabled()
-    assert studio_window.layer_tree.items[FIRST].text(4) == ""
+    assert studio_window.layer_tree.items[FIRST].text(3) == ""
 
 
 def test_export_writes_the_folder_and_never_overwrites_silently(qtbot, studio_window, studio_tiny_llama,
