@@ -51,7 +51,7 @@ class LayerTree(QWidget):
             self.tree.topLevelItem(0).setExpanded(True)
         self.tree.resizeColumnToContents(0)
         self.tree.setColumnWidth(0, max(self.tree.columnWidth(0) + 10, 140))
-        for col, width in ((1, 92), (2, 66), (SPARSITY, 98), (ERROR, 70)):
+        for col, width in ((1, 88), (2, 62), (SPARSITY, 98), (ERROR, 78)):
             self.tree.setColumnWidth(col, width)
         self.apply_filter(self.filter.text())
 

@@ -78,7 +78,7 @@ class MainWindow(QMainWindow):
         views = QSplitter(Qt.Orientation.Horizontal)
         views.addWidget(self.layer_tree)
         views.addWidget(self.tabs)
-        views.setSizes([470, 1000])
+        views.setSizes([505, 1000])
         views.setStretchFactor(1, 1)
 
         workspace = QSplitter(Qt.Orientation.Horizontal)
