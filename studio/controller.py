@@ -63,6 +63,9 @@ class Controller(QObject):
     error = Signal(str)
     busy_changed = Signal(bool)
     weights_restored = Signal()
+    bench_result = Signal(object)             # core.bench.KernelResult
+    bench_memory = Signal(object)             # core.bench.MemorySample
+    bench_finished = Signal(object)           # BenchReport, or None when stopped
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
@@ -325,6 +328,59 @@ class Controller(QObject):
 
         self.engine.submit("export", job, on_done=self.export_done.emit, on_error=self._fail,
                            on_event=self.progress.emit)
+
+    # ---- kernel benchmark ----------------------------------------------------------------------------
+    def start_benchmark(self, options) -> bool:
+        from core.bench import KernelMeasured, MemorySampled, run_benchmark
+
+        if not self._need_model():
+            return False
+        try:
+            options.validate()
+        except UserError as exc:
+            self.error.emit(str(exc))
+            return False
+        loaded = self.loaded
+
+        def on_event(event):
+            if isinstance(event, KernelMeasured):
+                self.bench_result.emit(event.result)
+            elif isinstance(event, MemorySampled):
+                self.bench_memory.emit(event.sample)
+            else:
+                self.progress.emit(event)
+
+        def done(report):
+            self._bench_job, self.bench_report = None, report
+            self.bench_finished.emit(report)
+
+        def stopped(*_):
+            self._bench_job = None
+            self.bench_finished.emit(None)
+
+        def failed(message, user_error):
+            stopped()
+            self._fail(message, user_error)
+
+        self._bench_job = self.engine.submit(
+            "benchmark", lambda on_ev, cancel: run_benchmark(loaded, options, on_event=on_ev, cancel=cancel),
+            on_done=done, on_error=failed, on_event=on_event, on_cancelled=stopped)
+        return True
+
+    def stop_benchmark(self) -> None:
+        if getattr(self, "_bench_job", None) is not None:
+            self._bench_job.cancel.cancel()
+
+    def save_benchmark(self, path: str) -> None:
+        report = getattr(self, "bench_report", None)
+        if report is None:
+            self.error.emit("No finished benchmark to save yet.")
+            return
+        text = report.to_json() if path.lower().endswith(".json") else report.to_csv()
+        try:
+            Path(path).write_text(text)
+        except OSError as exc:
+            self.error.emit(f"could not write {path}: {exc.strerror or exc}. Choose another file.")
 
     # ---- plumbing ------------------------------------------------------------------------------------
     def restore_dense(self) -> None:

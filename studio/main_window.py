@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (QDialog, QDockWidget, QMainWindow, QScrollArea, Q
 from core.events import Finished, LayerPruned
 from core.texts import PLAIN, TABULAR
 
+from .bench_panel import BenchPanel
 from .calibration_panel import CalibrationPanel
 from .controller import Controller
 from .evaluate_panel import EvaluatePanel
@@ -59,6 +60,7 @@ class MainWindow(QMainWindow):
         self.overview = OverviewChart()
         self.history = HistoryTable()
         self.progress_panel = ProgressPanel()
+        self.bench = BenchPanel()
 
         self.control_tabs = QTabWidget()
         self.control_tabs.addTab(_scrolling(self.model_panel), "Model")
@@ -74,6 +76,7 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(layer_page, "Layer")
         self.tabs.addTab(self.overview, "Model overview")
         self.tabs.addTab(self.history, "Runs")
+        self.tabs.addTab(self.bench, "Benchmark")
 
         views = QSplitter(Qt.Orientation.Horizontal)
         views.addWidget(self.layer_tree)
@@ -143,6 +146,12 @@ class MainWindow(QMainWindow):
         c.export_done.connect(self._export_done)
         c.weights_restored.connect(self._weights_restored)
         c.error.connect(self.show_error)
+        self.bench.start_requested.connect(self.start_benchmark)
+        self.bench.stop_requested.connect(c.stop_benchmark)
+        self.bench.save_requested.connect(c.save_benchmark)
+        c.bench_result.connect(self.bench.add_result)
+        c.bench_memory.connect(self.bench.charts.add_memory)
+        c.bench_finished.connect(self._bench_finished)
 
     # ---- actions -------------------------------------------------------------------------------------
     @Slot(str)
@@ -167,6 +176,18 @@ class MainWindow(QMainWindow):
         self.message_bar.hide()
         self.progress_panel.begin(f"perplexity on {Path(choice.path).name}")
         self.controller.evaluate(choice)
+
+    @Slot(object)
+    def start_benchmark(self, options) -> None:
+        self.message_bar.hide()
+        if self.controller.start_benchmark(options):
+            self.bench.begin()
+            self.progress_panel.begin("kernel benchmark")
+
+    @Slot(object)
+    def _bench_finished(self, report) -> None:
+        self.bench.finish(report)
+        self.progress_panel.end("done: benchmark" if report is not None else "benchmark stopped")
 
     @Slot(str)
     def select_layer(self, name: str) -> None:

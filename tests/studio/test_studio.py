@@ -287,3 +287,29 @@ def test_evaluation_scores_dense_and_pruned(qtbot, studio_window, studio_tiny_ll
     assert dense_ppl.ppl == pytest.approx(dense, rel=1e-5) and pruned_ppl.ppl == pytest.approx(pruned, rel=1e-5)
     assert studio_window.history.table.item(0, 5).text() == f"{dense:.2f}"
     assert torch.equal(weight_matrix(loaded.model.get_submodule(FIRST)) == 0, torch.from_numpy(record.masks[FIRST].unpack()))
+
+
+def test_benchmark_tab_streams_results_and_saves_them(qtbot, studio_window, studio_tiny_llama, tmp_path):
+    from core.bench import BenchOptions
+
+    open_tiny(qtbot, studio_window, studio_tiny_llama)
+    bench = studio_window.bench
+    bench.tokens.setText("1, two")
+    with qtbot.waitSignal(studio_window.controller.error, timeout=WAIT) as blocker:
+        bench.start_button.click()
+    assert "token counts" in blocker.args[0] and bench.start_button.isEnabled()
+    arrived = []
+    studio_window.controller.bench_result.connect(arrived.append)
+    options = BenchOptions(tokens=(1, 8), device="cpu", end_to_end=False, warmup=1, max_samples=3, budget_s=0.01)
+    with qtbot.waitSignal(studio_window.controller.bench_finished, timeout=WAIT) as blocker:
+        studio_window.start_benchmark(options)
+        assert bench.stop_button.isEnabled()
+    report = blocker.args[0]
+    shapes = {(l.out_features, l.in_features) for b in studio_window.controller.loaded.layout.inventory for l in b.linears}
+    assert len(report.kernels) == len(shapes) * 2 * 3 == len(arrived) == bench.table.rowCount()
+    ok = [r for r in report.kernels if r.status == "ok" and tuple(r.shape) == bench.charts.shape.currentData()]
+    assert bench.charts.points == len(ok)
+    out = tmp_path / "bench.csv"
+    studio_window.controller.save_benchmark(str(out))
+    assert out.read_bytes() == report.to_csv().encode()
+    assert bench.save_button.isEnabled() and bench.start_button.isEnabled()
