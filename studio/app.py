@@ -25,7 +25,7 @@ def parse_args(argv):
     parser.add_argument("--calib", nargs="+", metavar="FILE", help="calibration files (default: WikiText-2 valid, if found)")
     parser.add_argument("--eval", metavar="FILE", help="perplexity text for --screenshot (default: WikiText-2 test, if found)")
     parser.add_argument("--size", default="1600x980", help="window size for --screenshot, WIDTHxHEIGHT")
-    parser.add_argument("--tab", choices=("layer", "overview", "runs"), default="layer",
+    parser.add_argument("--tab", choices=("layer", "overview", "runs", "benchmark"), default="layer",
                         help="which view --screenshot shows")
     return parser.parse_args(argv)
 
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         width, height = (int(v) for v in args.size.lower().split("x"))
         window.resize(width, height)
         driver = ScreenshotDriver(window, spec or "demo", calib, args.eval or find_wikitext(WIKITEXT[1]),
-                                  args.screenshot, tab=("layer", "overview", "runs").index(args.tab))
+                                  args.screenshot, tab=("layer", "overview", "runs", "benchmark").index(args.tab))
         window.show()
         driver.start()
         app.exec()

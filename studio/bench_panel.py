@@ -49,8 +49,12 @@ class BenchPanel(QWidget):
         for label, widget in (("Dtype", self.dtype), ("Tokens", self.tokens), ("Device", self.device)):
             controls.addWidget(QLabel(label))
             controls.addWidget(widget, 2 if widget is self.tokens else 0)
-        for widget in (self.int8, self.end_to_end, self.start_button, self.stop_button, self.save_button):
-            controls.addWidget(widget)
+        buttons = QHBoxLayout()
+        for widget in (self.int8, self.end_to_end):
+            buttons.addWidget(widget)
+        buttons.addStretch(1)
+        for widget in (self.start_button, self.stop_button, self.save_button):
+            buttons.addWidget(widget)
         self.charts = BenchCharts()
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
@@ -68,6 +72,7 @@ class BenchPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addLayout(controls)
+        layout.addLayout(buttons)
         layout.addWidget(self.summary)
         layout.addWidget(split, 1)
 
