@@ -93,3 +93,11 @@ def sample_text(words: int = 4000, seed: int = 0) -> str:
     lexicon = ("the model prunes weights of every layer while the calibration text flows through blocks and "
                "each column keeps its norm so that sparse matrices stay close to dense ones").split()
     return " ".join(rng.choice(lexicon) for _ in range(words)) + "\n"
+
+
+def tiny_calibration(tokenizer, nsamples: int = 8, seqlen: int = 32, seed: int = 0):
+    """A CalibrationSet of `nsamples` windows drawn from `sample_text()` the way the engine draws them."""
+    from core.calibration import CalibrationSet, draw_windows, tokenize
+
+    windows, starts = draw_windows(tokenize(tokenizer, sample_text(seed=seed)), nsamples, seqlen, seed)
+    return CalibrationSet(windows, [], seed, starts=starts)
