@@ -177,3 +177,14 @@ def test_sparsegpt_update_is_the_obs_closed_form_for_one_pruned_weight_per_row()
         assert abs(float(expected[q])) < 1e-12            # the closed form zeroes the pruned weight itself
         assert (expected[q + 1:] - weight[row, q + 1:]).abs().max() > 1e-2   # a real update, not a no-op
         torch.testing.assert_close(result.weight[row].double(), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_a_transposed_weight_view_gives_the_same_result(method):
+    """GPT-2's Conv1D stores [in, out]; the pipeline hands methods a transposed view of it."""
+    weight, stats, _ = layer_and_stats(seed=9)
+    stored = weight.t().contiguous()           # how Conv1D keeps it
+    for pattern in (UNSTRUCTURED, Pattern(2, 4)):
+        expected = METHODS[method].prune(weight, stats, 0.5, pattern, sparsegpt.Options())
+        actual = METHODS[method].prune(stored.t(), stats, 0.5, pattern, sparsegpt.Options())
+        assert torch.equal(actual.mask, expected.mask) and torch.equal(actual.weight, expected.weight)
