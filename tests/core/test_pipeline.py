@@ -178,3 +178,35 @@ def test_summaries_ride_on_the_layer_events_only_when_asked(loaded, calib):
     assert summary is not None and summary.heatmap.shape == (64, 64)
     assert summary.weights_before.counts.sum() == 64 * 64
     assert summary.weights_after.counts.sum() == 64 * 64 // 2
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_models_are_pruned_in_their_own_dtype(tiny_llama_folder, dtype):
+    loaded = open_model(tiny_llama_folder, dtype=dtype)
+    calib = tiny_calibration(loaded.tokenizer, nsamples=4, seqlen=24)
+    result = pipeline.prune(loaded, calib, PrunePlan.build(method="sparsegpt", pattern="2:4"))
+    assert {p.dtype for p in loaded.model.parameters()} == {getattr(torch, dtype)}
+    for r in result.layers:
+        weight = weight_matrix(loaded.model.get_submodule(r.name))
+        assert ((weight.reshape(weight.shape[0], -1, 4) == 0).sum(-1) >= 2).all()
+        assert r.error is not None and r.error < 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_pruning_on_cuda_matches_the_cpu_and_leaves_the_model_on_the_cpu(tiny_llama_folder, method):
+    results = {}
+    for device in ("cpu", "cuda"):
+        loaded = open_model(tiny_llama_folder)
+        calib = tiny_calibration(loaded.tokenizer, nsamples=6, seqlen=24)
+        result = pipeline.prune(loaded, calib, PrunePlan.build(method=method, pattern="2:4", device=device))
+        assert {p.device.type for p in loaded.model.parameters()} == {"cpu"}
+        assert {b.device.type for b in loaded.model.buffers()} == {"cpu"}
+        results[device] = (result, {k: v.clone() for k, v in loaded.model.state_dict().items()})
+    assert results["cuda"][0].device.startswith("cuda")
+    cpu_state, cuda_state = results["cpu"][1], results["cuda"][1]
+    same_mask = sum(int(((cpu_state[k] == 0) == (cuda_state[k] == 0)).sum()) for k in cpu_state)
+    assert same_mask / sum(v.numel() for v in cpu_state.values()) > 0.99      # float rounding may flip near-ties
+    for k in cpu_state:
+        both_kept = (cpu_state[k] != 0) & (cuda_state[k] != 0)
+        torch.testing.assert_close(cuda_state[k][both_kept], cpu_state[k][both_kept], rtol=1e-3, atol=1e-3, msg=k)
