@@ -101,3 +101,16 @@ def test_sha256_of_a_file(tmp_path):
     path = tmp_path / "a.txt"
     path.write_bytes(b"abc" * 1000)
     assert sha256_of(path, chunk=7) == hashlib.sha256(b"abc" * 1000).hexdigest()
+
+
+def test_a_json_file_holding_one_record_or_json_lines(tmp_path):
+    single = tmp_path / "one.json"
+    single.write_text(json.dumps({"text": ROWS[1], "id": 1}, indent=2))
+    assert read_rows(single) == [ROWS[1]]
+    lines = tmp_path / "lines.json"
+    lines.write_text("\n".join(json.dumps({"text": r}) for r in ROWS))
+    assert read_rows(lines) == ROWS
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"text": "a"}\n{"text": oops}\n')
+    with pytest.raises(UserError, match="line 2 is not valid JSON"):
+        read_rows(broken)
