@@ -110,3 +110,18 @@ def test_a_file_in_the_way_is_refused_even_with_overwrite(pruned, tmp_path):
     with pytest.raises(UserError, match="is a file"):
         write_export(loaded, tmp_path / "out", report, calib, overwrite=True)
 
+
+
+def test_tied_embeddings_survive_export_and_a_new_parent_folder_is_created(tmp_path):
+    from tests.tiny_models import tiny_model_folder
+
+    loaded = open_model(tiny_model_folder("llama", tmp_path / "tied", tie_word_embeddings=True))
+    assert loaded.model.get_output_embeddings().weight is loaded.model.get_input_embeddings().weight
+    calib = tiny_calibration(loaded.tokenizer, nsamples=4, seqlen=16)
+    result = pipeline.prune(loaded, calib, PrunePlan.build(method="sparsegpt", pattern="4:8"))
+    assert not (loaded.model.get_input_embeddings().weight == 0).any()
+    out = write_export(loaded, tmp_path / "new" / "deeper" / "out", build_report(loaded, result, calib), calib)
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert reloaded.get_output_embeddings().weight is reloaded.get_input_embeddings().weight
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=calib.input_ids).logits, loaded.model(input_ids=calib.input_ids).logits)
