@@ -60,6 +60,8 @@ def default_seqlen(context_length: int) -> int:
 
 def tokenize(tokenizer, text: str) -> torch.Tensor:
     """Token ids of `text` as one long 1-D tensor, as the tokenizer encodes it by default (a BOS token where the model uses one)."""
+    if tokenizer is None:
+        raise UserError("this model has no tokenizer files (tokenizer.json or tokenizer_config.json): add them to its folder.")
     ids = tokenizer(text, return_tensors="pt", verbose=False).input_ids
     return ids[0].to(torch.long)
 

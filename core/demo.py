@@ -36,20 +36,33 @@ def demo_folder() -> Path:
     return cache_root() / "demo" / NAME
 
 
+def demo_gguf() -> Path:
+    return cache_root() / "demo" / Path(GGUF_MEMBER).name
+
+
+def ensure_demo_gguf(on_event: EventSink = ignore) -> Path:
+    """The original GGUF file, kept beside the converted folder (it is also a handy real .gguf to open)."""
+    target = demo_gguf()
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
+        os.replace(_download_gguf(Path(tmp), on_event), target)
+    return target
+
+
 def ensure_demo(on_event: EventSink = ignore) -> Path:
     folder = demo_folder()
     if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    gguf = ensure_demo_gguf(on_event)
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".building-") as tmp:
-        tmp = Path(tmp)
-        gguf = _download_gguf(tmp, on_event)
         on_event(Phase("prepare demo model", 1, 3, "converting the GGUF file to safetensors (once)"))
-        _convert(gguf, tmp / NAME)
+        _convert(gguf, Path(tmp) / NAME)
         on_event(Phase("prepare demo model", 3, 3, str(folder)))
         if folder.exists():  # a half-built folder from an older, interrupted attempt
             shutil.rmtree(folder)
-        os.replace(tmp / NAME, folder)
+        os.replace(Path(tmp) / NAME, folder)
     return folder
 
 

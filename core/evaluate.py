@@ -49,7 +49,7 @@ def perplexity(
     windows: torch.Tensor,
     *,
     device: str = "auto",
-    batch_size: int = 4,
+    batch_size: int = 1,
     on_event: EventSink = ignore,
     cancel: CancelToken | None = None,
 ) -> Perplexity:

@@ -37,6 +37,8 @@ def check_output(out: str | Path, overwrite: bool = False) -> Path:
     parent = out.parent
     while not parent.exists():
         parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{parent} is a file, not a folder: choose an output folder elsewhere.")
     if not os.access(parent, os.W_OK):
         raise UserError(f"cannot write into {parent}: choose an output folder you can write to.")
     return out

@@ -20,6 +20,7 @@ from .errors import UserError
 from .events import EventSink, Phase, ignore
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -92,11 +93,32 @@ def _open_folder(folder: Path, source: str, kind: str, dtype, trust_remote_code,
         raise UserError(f"{folder} has a config.json but no weights (*.safetensors or *.bin).")
     use_safetensors = any(w.suffix == ".safetensors" for w in weights)
     on_event(Phase("load model", 0, 1, str(folder)))
-    model, tokenizer = _from_pretrained(
-        str(folder), source, dtype, trust_remote_code, use_safetensors=use_safetensors, local_files_only=True
-    )
+    if _is_compact(folder):
+        model, tokenizer = _from_compact(folder, source, dtype, trust_remote_code, on_event)
+    else:
+        model, tokenizer = _from_pretrained(
+            str(folder), source, dtype, trust_remote_code, use_safetensors=use_safetensors, local_files_only=True
+        )
     on_event(Phase("load model", 1, 1, str(folder)))
     return LoadedModel(model, tokenizer, source, kind, folder, find_layout(model))
+
+
+def _is_compact(folder: Path) -> bool:
+    from .compact import is_compact
+
+    return is_compact(folder)
+
+
+def _from_compact(folder: Path, source, dtype, trust_remote_code, on_event):
+    """A compact 2:4 folder (see core.compact): its weights are unpacked in memory, nothing is written."""
+    from .compact import load_model
+
+    try:
+        return load_model(folder, dtype, trust_remote_code, on_event)
+    except UserError:
+        raise
+    except Exception as exc:  # corrupt or truncated files
+        raise UserError(f"could not read the compact model at {source}: {_first_line(str(exc)) or type(exc).__name__}") from None
 
 
 def _open_hub_id(hub_id: str, dtype, trust_remote_code, on_event) -> LoadedModel:
@@ -150,10 +172,12 @@ def _from_pretrained(location, source, dtype, trust_remote_code, **kwargs):
     except (OSError, RuntimeError, KeyError, EnvironmentError, Exception) as exc:  # corrupt or truncated files
         raise UserError(f"could not read the model at {source}: {_first_line(str(exc)) or type(exc).__name__}") from None
     model.eval()
+    if "gguf_file" not in kwargs and not any((Path(location) / f).is_file() for f in TOKENIZER_FILES):
+        return model, None  # opens for inspection; calibration will say what is missing
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code, **kwargs)
-    except Exception as exc:
-        raise UserError(f"could not read the tokenizer of {source}: {_first_line(str(exc))}") from None
+    except Exception:  # a model without tokenizer files still opens for inspection; calibration will say what is missing
+        tokenizer = None
     return model, tokenizer
 
 

@@ -1,0 +1,358 @@
+"""`compression-studio prune|eval|inspect`: the engine from the command line.
+
+The console script is `studio.launcher:main`, which opens the studio when no subcommand is given
+and hands everything else to `main` here, so the engine never imports the Qt layer.
+
+This module only parses arguments, draws progress and prints results; every step is an engine
+function the studio and the tests call too. A `UserError` ends the command with exit status 2
+and one line on stderr, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import UserError
+from .events import BlockStarted, Event, Finished, Message, Phase
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not a usage dump
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+class Progress:
+    """Draws the engine's events as tqdm bars on stderr: one bar per phase, and the steps inside a
+    decoder block shown on the block bar rather than as bars of their own."""
+
+    INSIDE_BLOCK = {"gather statistics", "prune", "propagate"}
+
+    def __init__(self, enabled: bool = True):
+        from tqdm import tqdm
+
+        self._tqdm, self._bars, self.enabled = tqdm, {}, enabled
+
+    def __call__(self, event: Event) -> None:
+        if not self.enabled:
+            return
+        if isinstance(event, BlockStarted):
+            self._update("blocks", event.index, event.total, "")
+        elif isinstance(event, Phase) and event.name in self.INSIDE_BLOCK:
+            if "blocks" in self._bars:
+                self._bars["blocks"].set_postfix_str(f"{event.name} {event.detail}"[-48:])
+        elif isinstance(event, Phase) and event.total:
+            self._update(event.name, event.done, event.total, event.detail)
+        elif isinstance(event, Finished):
+            self.close()
+        elif isinstance(event, Message):
+            self._tqdm.write(f"{event.level}: {event.text}", file=sys.stderr)
+
+    def _update(self, name: str, done: int, total: int, detail: str) -> None:
+        bar = self._bars.get(name)
+        if bar is None or bar.total != total or done < bar.n:
+            if bar is not None:
+                bar.close()
+            bar = self._bars[name] = self._tqdm(total=total, desc=name, file=sys.stderr, leave=False,
+                                                dynamic_ncols=True)
+        bar.set_postfix_str(detail[-40:], refresh=False)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+            del self._bars[name]
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+        self._bars.clear()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="compression-studio", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    prune = sub.add_parser("prune", help="prune a model and export it")
+    _model_args(prune)
+    prune.add_argument("--calib", nargs="+", required=True, metavar="FILE", help="calibration text files")
+    prune.add_argument("--text-field", default="text", help="field or column holding the text in JSON/CSV/Parquet")
+    prune.add_argument("--method", default="wanda", choices=["magnitude", "wanda", "sparsegpt"])
+    prune.add_argument("--sparsity", type=float, default=None, help="fraction of weights to remove (default 0.5)")
+    prune.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8 or any N:M (N kept of M)")
+    prune.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
+    prune.add_argument("--seqlen", type=int, default=None, help="tokens per window (default min(2048, context))")
+    prune.add_argument("--seed", type=int, default=0)
+    prune.add_argument("--ignore", nargs="*", default=[], metavar="GLOB", help="layer names to keep dense")
+    prune.add_argument("--override", nargs="*", default=[], metavar="GLOB=SPARSITY", help="per-layer sparsity")
+    prune.add_argument("--blocksize", type=int, default=128, help="SparseGPT column block size")
+    prune.add_argument("--dampening", type=float, default=0.01, help="SparseGPT dampening, fraction of mean diag(H)")
+    prune.add_argument("--no-update", action="store_true", help="SparseGPT: choose the mask only, no weight update")
+    prune.add_argument("--batch-size", type=int, default=0, help="windows per forward pass (default: ~4096 tokens)")
+    prune.add_argument("--eval", metavar="FILE", help="text to measure perplexity on, before and after")
+    prune.add_argument("--eval-windows", type=int, default=None, help="at most this many evaluation windows")
+    prune.add_argument("--out", required=True, help="output folder")
+    prune.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    prune.add_argument("--compact", action="store_true",
+                       help="with --pattern 2:4: store kept values + 2-bit positions (56%% of fp16 bytes)")
+    prune.set_defaults(run=run_prune)
+
+    evaluate = sub.add_parser("eval", help="perplexity of a model on a text file")
+    _model_args(evaluate)
+    evaluate.add_argument("--data", required=True, metavar="FILE")
+    evaluate.add_argument("--text-field", default="text")
+    evaluate.add_argument("--seqlen", type=int, default=None, help="tokens per window (default min(2048, context))")
+    evaluate.add_argument("--eval-windows", type=int, default=None)
+    evaluate.set_defaults(run=run_eval)
+
+    inspect = sub.add_parser("inspect", help="list decoder blocks and their prunable linear layers")
+    _model_args(inspect)
+    inspect.set_defaults(run=run_inspect)
+
+    bench = sub.add_parser("bench", help="time 2:4 sparse kernels against dense for the model's linear shapes")
+    bench.add_argument("model", help="a model folder, a .gguf file, a cached hub id, or 'demo'")
+    bench.add_argument("--dtype", default="fp16", choices=["fp16", "bf16"], help="kernel dtype on the GPU")
+    bench.add_argument("--tokens", default="1,16,128,512,2048,8192", help="comma-separated token counts")
+    bench.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    bench.add_argument("--no-int8", action="store_true", help="skip the int8 cases")
+    bench.add_argument("--no-end-to-end", action="store_true", help="kernel cases only")
+    bench.add_argument("--prompt-tokens", type=int, default=128, help="end to end: prompt length")
+    bench.add_argument("--new-tokens", type=int, default=32, help="end to end: tokens generated")
+    bench.add_argument("--csv", metavar="FILE", help="also write every measurement as CSV")
+    bench.add_argument("--markdown", metavar="FILE", help="also write the results table as Markdown")
+    bench.add_argument("--trust-remote-code", action="store_true", help="run the model authors' own code")
+    bench.add_argument("--json", action="store_true", help="print the whole report as one JSON object on stdout")
+    bench.set_defaults(run=run_bench)
+
+    unpack = sub.add_parser("unpack", help="turn a compact 2:4 folder back into an ordinary dense folder")
+    unpack.add_argument("folder", help="a folder written by prune --compact")
+    unpack.add_argument("--out", required=True, help="output folder")
+    unpack.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    unpack.add_argument("--json", action="store_true", help="print one JSON object on stdout at the end")
+    unpack.set_defaults(run=run_unpack)
+    return parser
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a model folder, a .gguf file, a cached hub id, or 'demo'")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--trust-remote-code", action="store_true", help="run the model authors' own code")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout at the end")
+
+
+def _open(args, progress):
+    from .models import open_model
+
+    return open_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code, on_event=progress)
+
+
+def _parse_overrides(items: list[str]) -> tuple[tuple[str, float], ...]:
+    parsed = []
+    for item in items:
+        glob, sep, value = item.rpartition("=")
+        try:
+            parsed.append((glob, float(value)))
+        except ValueError:
+            sep = ""
+        if not sep or not glob:
+            raise UserError(f"--override {item}: write GLOB=SPARSITY, e.g. '*.mlp.down_proj=0.3'.")
+    return tuple(parsed)
+
+
+def _check_files(paths: list[str], what: str) -> None:
+    for path in paths:
+        if not Path(path).is_file():
+            raise UserError(f"{what} file {path}: no such file.")
+
+
+def run_prune(args, progress) -> dict:
+    from .calibration import default_seqlen, load_calibration
+    from .evaluate import evaluation_windows, perplexity
+    from .export import build_report, check_output, write_export
+    from .methods.sparsegpt import Options
+    from .pipeline import prune
+    from .plan import PrunePlan
+
+    out = check_output(args.out, args.overwrite)
+    if args.compact and args.pattern.replace(" ", "") != "2:4":
+        raise UserError(f"--compact stores 2:4 weights only: add --pattern 2:4 (got {args.pattern}) or drop --compact.")
+    plan = PrunePlan.build(
+        method=args.method, sparsity=args.sparsity, pattern=args.pattern, overrides=_parse_overrides(args.override),
+        ignore=tuple(args.ignore), device=args.device, batch_size=args.batch_size,
+        sparsegpt=Options(blocksize=args.blocksize, dampening=args.dampening, update_weights=not args.no_update),
+    )
+    _check_files(args.calib, "calibration")
+    if args.eval:
+        _check_files([args.eval], "evaluation")
+    started = time.perf_counter()
+    loaded = _open(args, progress)
+    seqlen = args.seqlen or default_seqlen(loaded.context_length)
+    calib = load_calibration(args.calib, loaded.tokenizer, nsamples=args.nsamples, seqlen=seqlen, seed=args.seed,
+                             text_field=args.text_field, on_event=progress)
+    durations = {"load": time.perf_counter() - started}
+    ppl_dense = ppl = windows = None
+    if args.eval:
+        windows = evaluation_windows(loaded.tokenizer, args.eval, seqlen, args.eval_windows, args.text_field)
+        ppl_dense = perplexity(loaded.model, windows, device=args.device, on_event=progress)
+        durations["eval_dense"] = ppl_dense.seconds
+    result = prune(loaded, calib, plan, on_event=progress)
+    durations["prune"] = result.seconds
+    if windows is not None:
+        ppl = perplexity(loaded.model, windows, device=args.device, on_event=progress)
+        durations["eval_pruned"] = ppl.seconds
+    report = build_report(loaded, result, calib, ppl_dense, ppl, durations)
+    stored = None
+    if args.compact:
+        from .compact import export_compact
+
+        summary = export_compact(loaded, out, report, calib, overwrite=args.overwrite, on_event=progress)
+        stored = {"layers": summary.layers, "bytes": summary.compact_bytes, "dense_bytes": summary.dense_bytes,
+                  "ratio": summary.ratio}
+    else:
+        write_export(loaded, out, report, calib, overwrite=args.overwrite, on_event=progress)
+    return {
+        "method": plan.method, "pattern": str(plan.pattern), "target_sparsity": plan.sparsity,
+        "sparsity": result.sparsity, "layers": len(result.layers),
+        "skipped": [vars(s) for s in result.skipped], "seconds": result.seconds,
+        "ppl_dense": ppl_dense.ppl if ppl_dense else None, "ppl": ppl.ppl if ppl else None,
+        "out": str(out), "compact": stored,
+    }
+
+
+def run_eval(args, progress) -> dict:
+    from .calibration import default_seqlen
+    from .evaluate import evaluation_windows, perplexity
+
+    _check_files([args.data], "evaluation")
+    loaded = _open(args, progress)
+    seqlen = args.seqlen or default_seqlen(loaded.context_length)
+    windows = evaluation_windows(loaded.tokenizer, args.data, seqlen, args.eval_windows, args.text_field)
+    result = perplexity(loaded.model, windows, device=args.device, on_event=progress)
+    return {"model": args.model, "ppl": result.ppl, "nll": result.nll, "windows": result.windows,
+            "seqlen": result.seqlen, "tokens": result.tokens, "seconds": result.seconds}
+
+
+def run_inspect(args, progress) -> dict:
+    loaded = _open(args, progress)
+    layout = loaded.layout
+    return {
+        "model": args.model, "family": layout.family, "model_class": layout.model_class,
+        "blocks_path": layout.blocks_path, "context_length": loaded.context_length,
+        "prunable_parameters": layout.prunable_parameters,
+        "total_parameters": sum(p.numel() for p in loaded.model.parameters()),
+        "blocks": [{"name": b.name, "layers": [{"name": l.name, "shape": list(l.shape), "parameters": l.parameters}
+                                                for l in b.linears]} for b in layout.inventory],
+    }
+
+
+def run_bench(args, progress) -> dict:
+    from .bench import BenchOptions, run_benchmark
+    from .models import open_model
+
+    options = BenchOptions(tokens=_parse_tokens(args.tokens), dtype=args.dtype, int8=not args.no_int8,
+                           device=args.device, end_to_end=not args.no_end_to_end,
+                           prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens)
+    options.validate()
+    for path in (args.csv, args.markdown):
+        if path:
+            _check_writable(path)
+    loaded = open_model(args.model, trust_remote_code=args.trust_remote_code, on_event=progress)
+    report = run_benchmark(loaded, options, on_event=progress)
+    if args.csv:
+        Path(args.csv).write_text(report.to_csv())
+    if args.markdown:
+        Path(args.markdown).write_text(report.to_markdown())
+    return {**report.to_dict(), "markdown": report.to_markdown()}
+
+
+def _parse_tokens(text: str) -> tuple[int, ...]:
+    try:
+        tokens = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        tokens = ()
+    if not tokens or min(tokens) < 1:
+        raise UserError(f"--tokens {text}: give positive token counts separated by commas, e.g. 1,16,128.")
+    return tokens
+
+
+def _check_writable(path: str) -> None:
+    parent = Path(path).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise UserError(f"cannot write {path}: folder {parent} does not exist.")
+
+
+def run_unpack(args, progress) -> dict:
+    from .compact import unpack_folder
+
+    if not Path(args.folder).is_dir():
+        raise UserError(f"{args.folder}: no such folder.")
+    out = unpack_folder(args.folder, args.out, overwrite=args.overwrite, on_event=progress)
+    return {"folder": args.folder, "out": str(out)}
+
+
+def _print_human(command: str, result: dict) -> None:
+    if command == "inspect":
+        print(f"{result['model']}: {result['family']} ({result['model_class']}), {len(result['blocks'])} blocks "
+              f"at {result['blocks_path']}, context {result['context_length']}")
+        print(f"prunable parameters {result['prunable_parameters']:,} of {result['total_parameters']:,}")
+        for block in result["blocks"]:
+            print(f"  {block['name']}")
+            for layer in block["layers"]:
+                print(f"    {layer['name']:<28} {layer['shape'][0]:>6} x {layer['shape'][1]:<6} {layer['parameters']:>12,}")
+    elif command == "bench":
+        print(result["markdown"], end="")
+    elif command == "unpack":
+        print(f"dense folder written to {result['out']}")
+    elif command == "eval":
+        print(f"perplexity {result['ppl']:.3f} over {result['windows']} windows of {result['seqlen']} tokens")
+    else:
+        print(f"{result['method']} {result['pattern']}: {result['sparsity']:.2%} of {result['layers']} layers "
+              f"pruned in {result['seconds']:.1f} s, {len(result['skipped'])} skipped")
+        if result["ppl"] is not None:
+            print(f"perplexity: dense {result['ppl_dense']:.3f} -> pruned {result['ppl']:.3f}")
+        if result.get("compact"):
+            c = result["compact"]
+            print(f"compact 2:4: {c['layers']} layers, {c['bytes'] / 2**20:.1f} MiB "
+                  f"({c['ratio']:.0%} of the dense export's {c['dense_bytes'] / 2**20:.1f} MiB)")
+        print(f"written to {result['out']}")
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    progress = None
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            raise UserError("choose a subcommand: prune, eval, inspect, bench or unpack (compression-studio alone opens the studio)")
+        _quiet_transformers()
+        progress = Progress(enabled=True)
+        result = args.run(args, progress)
+        progress.close()
+    except UserError as exc:
+        if progress:
+            progress.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        _print_human(args.command, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
