@@ -6,33 +6,7 @@ import torch
 from core.errors import UserError
 from core.masks import (Pattern, follows_pattern, nm_mask, parse_pattern, per_layer_mask, per_row_mask,
                         sparsity_of)
-
-
-def brute_per_row(scores, sparsity):
-    mask = torch.zeros_like(scores, dtype=torch.bool)
-    k = int(scores.shape[1] * sparsity)
-    for r in range(scores.shape[0]):
-        for c in sorted(range(scores.shape[1]), key=lambda c: float(scores[r, c]))[:k]:
-            mask[r, c] = True
-    return mask
-
-
-def brute_per_layer(scores, sparsity):
-    flat = scores.flatten().tolist()
-    k = int(len(flat) * sparsity)
-    mask = torch.zeros(len(flat), dtype=torch.bool)
-    for i in sorted(range(len(flat)), key=flat.__getitem__)[:k]:
-        mask[i] = True
-    return mask.view_as(scores)
-
-
-def brute_nm(scores, n, m):
-    mask = torch.zeros_like(scores, dtype=torch.bool)
-    for r in range(scores.shape[0]):
-        for g in range(0, scores.shape[1], m):
-            for c in sorted(range(g, g + m), key=lambda c: float(scores[r, c]))[: m - n]:
-                mask[r, c] = True
-    return mask
+from tests.reference import brute_nm, brute_per_layer, brute_per_row
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.9])

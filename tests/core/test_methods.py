@@ -8,7 +8,7 @@ from core.masks import Pattern, UNSTRUCTURED
 from core.methods import METHODS
 from core.methods import sparsegpt
 from core.stats import COLUMN_NORMS, HESSIAN, LayerStats, StatsCollector
-from tests.core.test_masks import brute_nm, brute_per_layer, brute_per_row
+from tests.reference import brute_nm, brute_per_layer, brute_per_row
 
 IN, OUT = 64, 24
 NM_PATTERNS = [Pattern(2, 4), Pattern(4, 8), Pattern(1, 4), Pattern(3, 8)]
