@@ -47,3 +47,21 @@ def test_text_shorter_than_one_window(loaded, tmp_path):
     path.write_text("short")
     with pytest.raises(UserError, match="6 tokens, fewer than one window of 64"):
         evaluation_windows(loaded.tokenizer, path, seqlen=64)
+
+
+def test_windows_longer_than_the_context_are_refused_before_anything_runs(tmp_path):
+    """GPT-2 and OPT learn one position embedding per place: past the context they would fail deep inside."""
+    from core import pipeline
+    from core.plan import PrunePlan
+    from tests.tiny_models import CONTEXT, tiny_calibration, tiny_model_folder
+
+    loaded = open_model(tiny_model_folder("gpt2", tmp_path / "gpt2"))
+    before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    calib = tiny_calibration(loaded.tokenizer, nsamples=2, seqlen=CONTEXT + 1)
+    message = f"windows of {CONTEXT + 1} tokens are longer than the model's context length \\({CONTEXT}\\)"
+    with pytest.raises(UserError, match=message):
+        pipeline.prune(loaded, calib, PrunePlan.build(method="wanda"))
+    with pytest.raises(UserError, match=message):
+        perplexity(loaded.model, calib.input_ids, device="cpu")
+    assert all(torch.equal(v, before[k]) for k, v in loaded.model.state_dict().items())
+    assert perplexity(loaded.model, calib.input_ids[:, :CONTEXT], device="cpu").tokens == 2 * (CONTEXT - 1)
