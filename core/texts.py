@@ -96,11 +96,15 @@ def _json_rows(path: Path, text: str, text_field: str) -> list[str]:
 
 
 def _csv_rows(path: Path, text: str, text_field: str) -> list[str]:
-    reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None or text_field not in reader.fieldnames:
-        found = ", ".join(reader.fieldnames or [])
-        raise UserError(f"{path.name}: no column {text_field!r} (found: {found}); choose the text column.")
-    return [row[text_field] or "" for row in reader]
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))   # the default 128 KiB refuses long documents
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        if reader.fieldnames is None or text_field not in reader.fieldnames:
+            found = ", ".join(reader.fieldnames or [])
+            raise UserError(f"{path.name}: no column {text_field!r} (found: {found}); choose the text column.")
+        return [row[text_field] or "" for row in reader]
+    except csv.Error as exc:
+        raise UserError(f"{path.name}: not a readable CSV file (line {reader.line_num}: {exc}).") from None
 
 
 def _parquet_rows(path: Path, text_field: str) -> list[str]:
