@@ -114,3 +114,13 @@ def test_a_json_file_holding_one_record_or_json_lines(tmp_path):
     broken.write_text('{"text": "a"}\n{"text": oops}\n')
     with pytest.raises(UserError, match="line 2 is not valid JSON"):
         read_rows(broken)
+
+
+def test_csv_with_long_documents_and_any_line_endings(tmp_path):
+    long_row = "word " * 40_000                      # 200,000 characters: over the csv module's default field limit
+    path = tmp_path / "long.csv"
+    path.write_text(f'id,text\n1,"{long_row}"\n2,short\n')
+    assert read_rows(path) == [long_row, "short"]
+    old_mac = tmp_path / "cr.csv"
+    old_mac.write_bytes(b'text,id\r"two\r\nlines",1\rplain,2\r')
+    assert read_rows(old_mac) == ["two\r\nlines", "plain"]
