@@ -23,7 +23,7 @@ from .events import BlockStarted, CancelToken, EventSink, Finished, LayerPruned,
 from .masks import follows_pattern
 from .methods import METHODS
 from .methods.sparsegpt import NotPositiveDefinite
-from .models import LoadedModel
+from .models import LoadedModel, check_window_length
 from .plan import PrunePlan, resolve_device
 from .stats import StatsCollector
 
@@ -83,6 +83,7 @@ def prune(
 ) -> PruneResult:
     """Prune `loaded.model` in place; on cancel (`Cancelled`) or any error every weight is restored."""
     plan.validate()
+    check_window_length(loaded.model.config, calib.seqlen)
     cancel = cancel or CancelToken()
     device = resolve_device(plan.device)
     started = time.perf_counter()

@@ -57,7 +57,7 @@ def prune(weight: torch.Tensor, stats, sparsity: float, pattern: Pattern, option
     from . import MethodResult
 
     options = options or Options()
-    W = weight.clone().float()
+    W = weight.float().clone(memory_format=torch.contiguous_format)  # GPT-2 Conv1D hands in a transposed view
     H = stats.hessian.to(W.device, torch.float32).clone()
     dead = H.diagonal() == 0
     H[dead, dead] = 1            # columns that never saw a non-zero input: nothing to preserve
