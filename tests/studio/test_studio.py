@@ -313,3 +313,18 @@ def test_benchmark_tab_streams_results_and_saves_them(qtbot, studio_window, stud
     studio_window.controller.save_benchmark(str(out))
     assert out.read_bytes() == report.to_csv().encode()
     assert bench.save_button.isEnabled() and bench.start_button.isEnabled()
+
+
+def test_closing_the_window_during_a_run_stops_it_and_restores_the_weights(qtbot, studio_window, studio_tiny_llama,
+                                                                         studio_calib_text):
+    loaded = open_tiny(qtbot, studio_window, studio_tiny_llama)
+    original = weights(loaded)
+    set_calibration(studio_window, studio_calib_text, nsamples=16, seqlen=64)
+    with qtbot.waitSignal(studio_window.controller.layer_pruned, timeout=WAIT):
+        studio_window.start_run()
+    studio_window.close()                      # waits for the engine thread to stop at its next check
+    assert not studio_window.controller.engine._thread.isRunning()
+    now = weights(loaded)
+    restored = all(torch.equal(now[name], original[name]) for name in original)
+    finished = all(float((w == 0).float().mean()) == 0.5 for w in now.values())   # the run beat the close
+    assert restored or finished, "closing left a half-pruned model"
