@@ -168,17 +168,15 @@ def write_compact(dense_folder: str | Path, out: str | Path, *, overwrite: bool 
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from .export import REPORT, _replace, check_output
+    from .export import REPORT, atomic_folder
 
     dense_folder, cancel = Path(dense_folder), cancel or CancelToken()
     files = _weight_files(dense_folder, compact=False)
     if not (dense_folder / "config.json").is_file() or not files:
         raise UserError(f"{dense_folder} is not an exported model folder (config.json and *.safetensors needed).")
-    out = check_output(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     wanted, layers, dense_bytes, compact_bytes_total = _candidates(dense_folder), {}, 0, 0
-    try:
+    out = Path(out).expanduser().resolve()
+    with atomic_folder(out, overwrite) as tmp:
         _copy_others(dense_folder, tmp, skip={f.name for f in files} | {INDEX, REPORT})
         for i, file in enumerate(files):
             on_event(Phase("compact", i, len(files), file.name))
@@ -203,10 +201,6 @@ def write_compact(dense_folder: str | Path, out: str | Path, *, overwrite: bool 
         _rename_index(dense_folder / INDEX, tmp / COMPACT_INDEX, to_compact=True)
         summary = CompactSummary(out, len(layers), dense_bytes, compact_bytes_total)
         _write_report(dense_folder, tmp, summary)
-        _replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     on_event(Phase("compact", len(files), len(files), str(out)))
     return summary
 
@@ -291,15 +285,12 @@ def unpack_folder(compact_dir: str | Path, out_dir: str | Path, *, overwrite: bo
     """Write the ordinary dense Hugging Face folder a compact folder was made from, atomically."""
     from safetensors.torch import save_file
 
-    from .export import _replace, check_output
+    from .export import atomic_folder
 
     compact_dir = Path(compact_dir)
     if not is_compact(compact_dir):
         raise UserError(f"{compact_dir} is not a compact 2:4 folder (no *{SUFFIX} files): nothing to unpack.")
-    out = check_output(out_dir, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with atomic_folder(out_dir, overwrite) as tmp:
         files = _weight_files(compact_dir, compact=True)
         _copy_others(compact_dir, tmp, skip={f.name for f in files} | {COMPACT_INDEX, "sparsity.json"})
         for file in files:
@@ -307,10 +298,7 @@ def unpack_folder(compact_dir: str | Path, out_dir: str | Path, *, overwrite: bo
             save_file(state, str(tmp / (file.name[: -len(SUFFIX)] + ".safetensors")), metadata={"format": "pt"})
         _rename_index(compact_dir / COMPACT_INDEX, tmp / INDEX, to_compact=False)
         _restore_report(compact_dir, tmp)
-        _replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    out = Path(out_dir).expanduser().resolve()
     on_event(Phase("unpack", 1, 1, str(out)))
     return out
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from .calibration import tokenize
 from .errors import UserError
 from .events import CancelToken, EventSink, Phase, ignore
+from .models import check_window_length
 from .plan import resolve_device
 from .texts import read_text
 
@@ -54,6 +55,7 @@ def perplexity(
     cancel: CancelToken | None = None,
 ) -> Perplexity:
     """Score `windows` [n, seqlen]; the model is moved to `device` for the run and back afterwards."""
+    check_window_length(model.config, windows.shape[1])
     cancel = cancel or CancelToken()
     target = resolve_device(device)
     home = next(model.parameters()).device

@@ -13,7 +13,9 @@ import os
 import platform
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -95,10 +97,7 @@ def write_export(
     on_event: EventSink = ignore,
 ) -> Path:
     """Save model, tokenizer, generation config, `sparsity.json` and the calibration windows into `out`."""
-    out = check_output(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with atomic_folder(out, overwrite) as tmp:
         on_event(Phase("export", 0, 3, "weights"))
         loaded.model.save_pretrained(tmp)
         on_event(Phase("export", 1, 3, "tokenizer"))
@@ -106,14 +105,28 @@ def write_export(
             loaded.tokenizer.save_pretrained(tmp)
         if calib is not None:
             save_calibration(calib, tmp / CALIBRATION)
-        (tmp / REPORT).write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
+        write_report(tmp, report)
         on_event(Phase("export", 2, 3, "moving into place"))
+    on_event(Phase("export", 3, 3, str(Path(out).resolve())))
+    return Path(out).expanduser().resolve()
+
+
+def write_report(folder: Path, report: dict) -> None:
+    (folder / REPORT).write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
+
+
+@contextmanager
+def atomic_folder(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a hidden temporary folder beside `out`; on success it replaces `out`, on any failure it vanishes."""
+    out = check_output(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    on_event(Phase("export", 3, 3, str(out)))
-    return out
 
 
 def _replace(tmp: Path, out: Path) -> None:

@@ -50,6 +50,14 @@ def context_length(config) -> int:
     return 2048
 
 
+def check_window_length(config, seqlen: int) -> None:
+    """Refuse windows longer than the model's context: learned position tables (GPT-2, OPT) fail deep inside."""
+    limit = context_length(config)
+    if seqlen > limit:
+        raise UserError(f"windows of {seqlen} tokens are longer than the model's context length ({limit}): "
+                        f"use a sequence length of {limit} or less.")
+
+
 def resolve_dtype(name: str | torch.dtype | None) -> torch.dtype:
     if isinstance(name, torch.dtype):
         return name

@@ -31,7 +31,7 @@ from .events import BlockStarted, CancelToken, EventSink, Finished, LayerPruned,
 from .masks import follows_pattern
 from .methods import METHODS
 from .methods.sparsegpt import NotPositiveDefinite
-from .models import LoadedModel
+from .models import LoadedModel, check_window_length
 from .placement import block_devices
 from .plan import PrunePlan, resolve_device
 from .stats import HESSIAN, StatsCollector, StopBlock
@@ -198,6 +198,7 @@ def prune_blocks(
     """The block loop shared by every source. `memory_budget` (bytes) bounds one block's inputs plus
     outputs in memory; past it they spill to disk."""
     plan.validate()
+    check_window_length(source.model.config, calib.seqlen)
     cancel = cancel or CancelToken()
     device = resolve_device(plan.device)
     layout = source.layout

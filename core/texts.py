@@ -72,12 +72,17 @@ def _field(record, path: Path, text_field: str, where: str) -> str:
 
 def _json_rows(path: Path, text: str, text_field: str) -> list[str]:
     stripped = text.lstrip()
-    if path.suffix.lower() == ".json" and stripped.startswith("["):
+    if path.suffix.lower() == ".json" and stripped.startswith(("[", "{")):
+        # One JSON document (a list of records, or a single record spread over lines); a .json file of
+        # JSON lines also starts with "{" and fails this parse, so it falls through to the line reader.
         try:
-            records = json.loads(text)
+            document = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise UserError(f"{path.name}: invalid JSON at line {exc.lineno}: {exc.msg}.") from None
-        return [_field(r, path, text_field, f"record {i}") for i, r in enumerate(records)]
+            if stripped.startswith("["):
+                raise UserError(f"{path.name}: invalid JSON at line {exc.lineno}: {exc.msg}.") from None
+        else:
+            records = document if isinstance(document, list) else [document]
+            return [_field(r, path, text_field, f"record {i}") for i, r in enumerate(records)]
     rows = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -91,11 +96,15 @@ def _json_rows(path: Path, text: str, text_field: str) -> list[str]:
 
 
 def _csv_rows(path: Path, text: str, text_field: str) -> list[str]:
-    reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None or text_field not in reader.fieldnames:
-        found = ", ".join(reader.fieldnames or [])
-        raise UserError(f"{path.name}: no column {text_field!r} (found: {found}); choose the text column.")
-    return [row[text_field] or "" for row in reader]
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))   # the default 128 KiB refuses long documents
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        if reader.fieldnames is None or text_field not in reader.fieldnames:
+            found = ", ".join(reader.fieldnames or [])
+            raise UserError(f"{path.name}: no column {text_field!r} (found: {found}); choose the text column.")
+        return [row[text_field] or "" for row in reader]
+    except csv.Error as exc:
+        raise UserError(f"{path.name}: not a readable CSV file (line {reader.line_num}: {exc}).") from None
 
 
 def _parquet_rows(path: Path, text_field: str) -> list[str]:

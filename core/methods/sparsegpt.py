@@ -63,7 +63,7 @@ def prune(weight: torch.Tensor, stats, sparsity: float, pattern: Pattern, option
     from . import MethodResult
 
     options = options or Options()
-    W = weight.clone().float()
+    W = weight.float().clone(memory_format=torch.contiguous_format)  # GPT-2 Conv1D hands in a transposed view
     H = stats.hessian.to(W.device, torch.float32)
     if H is stats.xtx:           # never alter the caller's statistics; `hessian` is normally a fresh tensor
         H = H.clone()

@@ -4,7 +4,6 @@ a good run writes a folder transformers loads and prints the JSON issue 2 asks f
 from __future__ import annotations
 
 import json
-import string
 import subprocess
 import sys
 from pathlib import Path
@@ -14,38 +13,17 @@ import torch
 
 from core.cli import main
 
-TEXT = "the quick brown fox jumps over the lazy dog . " * 400
-
-
-def _char_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {c: i for i, c in enumerate(["<unk>"] + list(string.printable))}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    tokenizer = _char_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    folder = tmp_path_factory.mktemp("tiny") / "llama"
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+from tests.tiny_models import HIDDEN, INTERMEDIATE
 
 
 @pytest.fixture
-def texts(tmp_path):
-    good = tmp_path / "calib.txt"
-    good.write_text(TEXT)
-    return good
+def tiny_model(tiny_llama_folder) -> Path:
+    return tiny_llama_folder
+
+
+@pytest.fixture
+def texts(text_file) -> Path:
+    return text_file
 
 
 def _run(argv, capsys):
@@ -85,7 +63,8 @@ def test_inspect_lists_every_linear_layer(tiny_model, capsys):
     assert code == 0
     result = json.loads(stdout)
     assert [len(b["layers"]) for b in result["blocks"]] == [7, 7]
-    assert result["blocks"][0]["layers"][-1] == {"name": "mlp.down_proj", "shape": [32, 64], "parameters": 2048}
+    assert result["blocks"][0]["layers"][-1] == {"name": "mlp.down_proj", "shape": [HIDDEN, INTERMEDIATE],
+                                                 "parameters": HIDDEN * INTERMEDIATE}
 
 
 def test_eval_prints_perplexity(tiny_model, texts, capsys):

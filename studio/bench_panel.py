@@ -1,0 +1,132 @@
+"""The Benchmark tab: choices (dtype, token counts, device, int8, end to end), start and stop, the
+live charts, a results table, and saving the report as CSV or JSON. The measuring is core.bench's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit,
+                               QPushButton, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+from core.bench import BenchOptions
+
+from .bench_charts import BenchCharts
+from .run_panel import devices
+
+COLUMNS = ["Shape", "Tokens", "Dtype", "Backend", "Status", "Median ms", "Speedup", "Rel. error", "Note"]
+
+
+class BenchPanel(QWidget):
+    start_requested = Signal(object)   # BenchOptions
+    stop_requested = Signal()
+    save_requested = Signal(str)       # path (.csv or .json)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.dtype = QComboBox()
+        self.dtype.addItems(["fp16", "bf16"])
+        self.tokens = QLineEdit("1,16,128,512,2048")
+        self.tokens.setToolTip("Token counts (rows of the input) to time, comma-separated")
+        self.device = QComboBox()
+        for label, value in devices():
+            self.device.addItem(label, value)
+        self.int8 = QCheckBox("int8")
+        self.int8.setChecked(True)
+        self.end_to_end = QCheckBox("end to end")
+        self.end_to_end.setChecked(True)
+        self.start_button = QPushButton("Start benchmark")
+        self.start_button.setObjectName("primary")
+        self.start_button.clicked.connect(self._start)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setObjectName("danger")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.stop_requested)
+        self.save_button = QPushButton("Save CSV / JSON…")
+        self.save_button.setEnabled(False)
+        self.save_button.clicked.connect(self._save)
+        controls = QHBoxLayout()
+        for label, widget in (("Dtype", self.dtype), ("Tokens", self.tokens), ("Device", self.device)):
+            controls.addWidget(QLabel(label))
+            controls.addWidget(widget, 2 if widget is self.tokens else 0)
+        buttons = QHBoxLayout()
+        for widget in (self.int8, self.end_to_end):
+            buttons.addWidget(widget)
+        buttons.addStretch(1)
+        for widget in (self.start_button, self.stop_button, self.save_button):
+            buttons.addWidget(widget)
+        self.charts = BenchCharts()
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.setAlternatingRowColors(True)
+        self.summary = QLabel("Times dense against 2:4 sparse kernels for this model's layer shapes.")
+        self.summary.setObjectName("hint")
+        self.summary.setWordWrap(True)
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(self.charts)
+        split.addWidget(self.table)
+        split.setSizes([520, 220])
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addLayout(controls)
+        layout.addLayout(buttons)
+        layout.addWidget(self.summary)
+        layout.addWidget(split, 1)
+
+    def options(self) -> BenchOptions:
+        """Token counts that are not whole numbers become 0, which the options' validation names."""
+        tokens = []
+        for part in self.tokens.text().split(","):
+            part = part.strip()
+            if part:
+                tokens.append(int(part) if part.isdigit() else 0)
+        return BenchOptions(tokens=tuple(tokens), dtype=self.dtype.currentText(), int8=self.int8.isChecked(),
+                            device=self.device.currentData(), end_to_end=self.end_to_end.isChecked())
+
+    def begin(self) -> None:
+        self.charts.clear()
+        self.table.setRowCount(0)
+        self.set_running(True)
+
+    def set_running(self, running: bool) -> None:
+        self.start_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+
+    def add_result(self, r) -> None:
+        row = self.table.rowCount()
+        self.table.insertRow(row)
+        values = [f"{r.shape[0]} × {r.shape[1]}", str(r.tokens), r.dtype, r.backend, r.status,
+                  "" if r.median_ms is None else f"{r.median_ms:.3f}", "" if r.speedup is None else f"{r.speedup:.2f}×",
+                  "" if r.rel_error is None else f"{r.rel_error:.1e}", r.reason or r.expectation]
+        for col, value in enumerate(values):
+            item = QTableWidgetItem(value)
+            if col in (1, 5, 6, 7):
+                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            self.table.setItem(row, col, item)
+        self.charts.add_result(r)
+
+    def finish(self, report) -> None:
+        self.set_running(False)
+        self.save_button.setEnabled(report is not None)
+        self.charts.finish()
+        if report is not None:
+            lines = [f"{report.device_name}: {len(report.kernels)} measurements in {report.seconds:.0f} s."]
+            if report.note:
+                lines.append(report.note)
+            for e2e in report.end_to_end:
+                if e2e.status == "ok":
+                    lines.append(f"End to end {e2e.variant}: {e2e.tokens_per_s:.1f} tokens/s, TTFT {e2e.ttft_ms:.0f} ms.")
+            self.summary.setText("  ".join(lines))
+            self.charts.set_note(report.note)
+
+    def _start(self) -> None:
+        self.start_requested.emit(self.options())
+
+    def _save(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save benchmark results", str(Path.cwd() / "bench.csv"),
+                                              "CSV (*.csv);;JSON (*.json)")
+        if path:
+            self.save_requested.emit(path)

@@ -1,0 +1,117 @@
+"""Histograms of a layer's weights (before/after overlay) and of the score its method ranks by,
+with the pruning threshold drawn on the score. Draws what it is given; computes nothing heavy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+
+BEFORE = (47, 111, 223)
+AFTER = (230, 120, 30)
+THRESHOLD = (200, 40, 40)
+
+
+class HistogramView(QWidget):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.view = None
+        self.log_y = QCheckBox("log y")
+        self.log_y.setChecked(True)
+        self.log_y.toggled.connect(self._redraw)
+        self.title = QLabel("Select a layer to see its weights and scores")
+        self.title.setObjectName("heading")
+        self.weights_plot = _plot("Weights", "weight value")
+        self.scores_plot = _plot("Score", "score")
+        self.legend = self.weights_plot.addLegend(offset=(-10, 10))
+        self.before = _curve(self.weights_plot, BEFORE, "weights")
+        self.after = _curve(self.weights_plot, AFTER, "after (non-zero)")
+        self.scores = _curve(self.scores_plot, BEFORE)
+        self.threshold = pg.InfiniteLine(0, angle=90, pen=pg.mkPen(THRESHOLD, width=2, style=pg.QtCore.Qt.PenStyle.DashLine),
+                                         label="threshold", labelOpts={"position": 0.92, "color": THRESHOLD})
+        self.scores_plot.addItem(self.threshold)
+        self.clear()
+        header = QHBoxLayout()
+        header.addWidget(self.title, 1)
+        header.addWidget(self.log_y)
+        plots = QHBoxLayout()
+        plots.addWidget(self.weights_plot, 1)
+        plots.addWidget(self.scores_plot, 1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addLayout(header)
+        layout.addLayout(plots, 1)
+
+    def show_view(self, view) -> None:
+        self.view = view
+        rows, cols = view.shape
+        state = "after the run" if view.pruned else "dense"
+        if view.row_stride > 1:
+            state += f", sampled: every {view.row_stride}th row"
+        self.title.setText(f"{view.name}   {rows} × {cols}   ({state})")
+        self._redraw()
+
+    def clear(self) -> None:
+        self.view = None
+        for item in (self.before, self.after, self.scores):
+            item.setData([], [])
+        self.threshold.hide()
+
+    @property
+    def shown_curves(self) -> int:
+        return sum(item.isVisible() and item.xData is not None and len(item.xData) > 0
+                   for item in (self.before, self.after))
+
+    def _show_in_legend(self, item, visible: bool) -> None:
+        present = any(sample.item is item for sample, _ in self.legend.items)
+        if visible and not present:
+            self.legend.addItem(item, "after (non-zero)")
+        elif not visible and present:
+            self.legend.removeItem(item)
+
+    def _redraw(self) -> None:
+        """Update the curves in place: rebuilding plot items on every selection cost tens of ms."""
+        if self.view is None:
+            return
+        summary = self.view.summary
+        log = self.log_y.isChecked()
+        label = "log10 count" if log else "count"
+        self.weights_plot.setLabel("left", label)
+        self.scores_plot.setLabel("left", label)
+        self.scores_plot.setLabel("bottom", self.view.score_label)
+        _set_steps(self.before, summary.weights_before, log)
+        self.legend.getLabel(self.before).setText("before" if self.view.pruned else "weights")
+        self.after.setVisible(self.view.pruned)
+        self._show_in_legend(self.after, self.view.pruned)
+        if self.view.pruned:
+            _set_steps(self.after, summary.weights_after, log)
+        if summary.scores is not None:
+            _set_steps(self.scores, summary.scores, log)
+        else:
+            self.scores.setData([], [])
+        if summary.score_threshold is not None:
+            self.threshold.setValue(summary.score_threshold)
+            self.threshold.show()
+        else:
+            self.threshold.hide()
+
+
+def _plot(title: str, xlabel: str) -> pg.PlotWidget:
+    plot = pg.PlotWidget(background="w")
+    plot.setTitle(title, color="#2b3a55", size="10pt")
+    plot.setLabel("bottom", xlabel)
+    plot.showGrid(x=True, y=True, alpha=0.2)
+    plot.setMouseEnabled(x=True, y=False)
+    return plot
+
+
+def _curve(plot, colour, name=None) -> pg.PlotDataItem:
+    return plot.plot([0, 1], [0], stepMode="center", fillLevel=0, name=name,
+                     brush=pg.mkBrush(*colour, 70), pen=pg.mkPen(colour, width=1.5))
+
+
+def _set_steps(curve, hist, log: bool) -> None:
+    counts = hist.counts.astype(np.float64)
+    if log:
+        counts = np.log10(np.maximum(counts, 1.0))
+    curve.setData(hist.edges, counts)

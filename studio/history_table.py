@@ -1,0 +1,124 @@
+"""The run history (one row per run) and the comparison of two runs: the difference heatmap of
+their masks on the selected layer and the agreement of their masks on every layer."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QLabel, QPushButton, QSplitter, QTableWidget,
+                               QTableWidgetItem, QVBoxLayout, QWidget)
+
+from .mask_heatmap import MaskHeatmap
+
+RUN_COLUMNS = ["Run", "Method", "Pattern", "Target", "Achieved", "PPL dense", "PPL pruned", "Time"]
+
+
+class HistoryTable(QWidget):
+    compare_requested = Signal(int, int)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.table = _table(RUN_COLUMNS)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)
+        self.table.itemSelectionChanged.connect(self._selection_changed)
+        self.compare_button = QPushButton("Compare the two selected runs")
+        self.compare_button.setEnabled(False)
+        self.compare_button.clicked.connect(self._compare)
+        self.summary = QLabel("Select two runs to compare their masks")
+        self.summary.setObjectName("hint")
+        self.difference = MaskHeatmap(title="Where the two runs' masks differ (fraction of weights per cell)",
+                                      colormap="inferno", label="differ")
+        self.difference.colorbar.setLevels((0, 1))
+        self.agreement = _table(["Layer", "Agreement"])
+        top = QWidget()
+        top_layout = QVBoxLayout(top)
+        top_layout.setContentsMargins(0, 0, 0, 0)
+        top_layout.addWidget(self.table, 1)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.compare_button)
+        buttons.addWidget(self.summary, 1)
+        top_layout.addLayout(buttons)
+        bottom = QSplitter(Qt.Orientation.Horizontal)
+        bottom.addWidget(self.difference)
+        bottom.addWidget(self.agreement)
+        bottom.setSizes([600, 300])
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(top)
+        split.addWidget(bottom)
+        split.setSizes([200, 400])
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(split)
+
+    def clear(self) -> None:
+        self.table.setRowCount(0)
+        self.agreement.setRowCount(0)
+        self.difference.clear()
+
+    def set_run(self, record) -> None:
+        """Add a run, or refresh its row (after an evaluation)."""
+        row = self._row_of(record.number)
+        if row is None:
+            row = self.table.rowCount()
+            self.table.insertRow(row)
+        values = [str(record.number), record.method, record.pattern, f"{record.target_sparsity:.0%}",
+                  f"{record.sparsity:.1%}", _ppl(record.ppl_dense), _ppl(record.ppl), f"{record.seconds:.1f} s"]
+        for col, value in enumerate(values):
+            item = QTableWidgetItem(value)
+            item.setData(Qt.ItemDataRole.UserRole, record.number)
+            if col:
+                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            self.table.setItem(row, col, item)
+        self.table.resizeColumnsToContents()
+
+    def selected_runs(self) -> list[int]:
+        rows = sorted({index.row() for index in self.table.selectedIndexes()})
+        return [int(self.table.item(r, 0).text()) for r in rows]
+
+    def show_comparison(self, comparison, shape=None) -> None:
+        self.agreement.setRowCount(0)
+        for name, value in comparison.agreement.items():
+            row = self.agreement.rowCount()
+            self.agreement.insertRow(row)
+            self.agreement.setItem(row, 0, QTableWidgetItem(name))
+            item = QTableWidgetItem(f"{value:.2%}")
+            item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            self.agreement.setItem(row, 1, item)
+        self.agreement.resizeColumnsToContents()
+        overall = sum(comparison.agreement.values()) / max(1, len(comparison.agreement))
+        text = f"Runs {comparison.run_a} and {comparison.run_b}: masks agree on {overall:.1%} of weights (mean over layers)"
+        if comparison.difference is not None and shape is not None:
+            self.difference.show_heatmap(comparison.layer, shape, comparison.difference, comparison.cell, levels=(0, 1))
+            text += f"; heatmap: {comparison.layer}"
+        else:
+            self.difference.clear()
+            text += "; select a layer both runs pruned to see where they differ"
+        self.summary.setText(text)
+
+    def _row_of(self, number: int):
+        for row in range(self.table.rowCount()):
+            if self.table.item(row, 0) and int(self.table.item(row, 0).text()) == number:
+                return row
+        return None
+
+    def _selection_changed(self) -> None:
+        self.compare_button.setEnabled(len(self.selected_runs()) == 2)
+
+    def _compare(self) -> None:
+        runs = self.selected_runs()
+        if len(runs) == 2:
+            self.compare_requested.emit(*runs)
+
+
+def _table(columns) -> QTableWidget:
+    table = QTableWidget(0, len(columns))
+    table.setHorizontalHeaderLabels(columns)
+    table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    table.verticalHeader().setVisible(False)
+    table.horizontalHeader().setStretchLastSection(True)
+    table.setAlternatingRowColors(True)
+    return table
+
+
+def _ppl(value) -> str:
+    return "—" if value is None else f"{value:.2f}"

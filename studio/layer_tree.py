@@ -1,0 +1,105 @@
+"""Blocks → layers with shape and parameters and, after a run, target/achieved sparsity and output
+error; a filter box hides the layers whose name does not contain the text typed."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import QLineEdit, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
+
+COLUMNS = ["Layer", "Shape", "Params", "Sparsity", "Error"]
+SPARSITY, ERROR = 3, 4
+NAME_ROLE = Qt.ItemDataRole.UserRole
+
+
+class LayerTree(QWidget):
+    layer_selected = Signal(str)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.filter = QLineEdit(placeholderText="Filter layers (e.g. mlp, q_proj, 12.)")
+        self.filter.setClearButtonEnabled(True)
+        self.filter.textChanged.connect(self.apply_filter)
+        self.tree = QTreeWidget()
+        self.tree.setHeaderLabels(COLUMNS)
+        self.tree.setAlternatingRowColors(True)
+        self.tree.setUniformRowHeights(True)
+        self.tree.currentItemChanged.connect(self._current_changed)
+        self.items: dict[str, QTreeWidgetItem] = {}
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.filter)
+        layout.addWidget(self.tree, 1)
+
+    def set_inventory(self, inventory) -> None:
+        self.tree.clear()
+        self.items = {}
+        for block in inventory:
+            params = sum(l.out_features * l.in_features for l in block.linears)
+            parent = QTreeWidgetItem([f"block {block.index}", "", _count(params)])
+            for info in block.linears:
+                item = QTreeWidgetItem([info.name, f"{info.out_features} × {info.in_features}",
+                                        _count(info.out_features * info.in_features)])
+                item.setData(0, NAME_ROLE, info.full_name)
+                item.setToolTip(0, info.full_name)
+                for col in (2, SPARSITY, ERROR):
+                    item.setTextAlignment(col, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                parent.addChild(item)
+                self.items[info.full_name] = item
+            parent.setTextAlignment(2, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            self.tree.addTopLevelItem(parent)
+        if self.tree.topLevelItemCount():
+            self.tree.topLevelItem(0).setExpanded(True)
+        self.tree.resizeColumnToContents(0)
+        self.tree.setColumnWidth(0, max(self.tree.columnWidth(0) + 10, 140))
+        for col, width in ((1, 88), (2, 62), (SPARSITY, 98), (ERROR, 78)):
+            self.tree.setColumnWidth(col, width)
+        self.apply_filter(self.filter.text())
+
+    def clear_results(self) -> None:
+        for item in self.items.values():
+            for col in (SPARSITY, ERROR):
+                item.setText(col, "")
+
+    def set_result(self, result) -> None:
+        item = self.items.get(result.name)
+        if item is None:
+            return
+        item.setText(SPARSITY, f"{result.target_sparsity:.0%} → {result.sparsity:.1%}")
+        item.setToolTip(SPARSITY, f"target {result.target_sparsity:.1%}, achieved {result.sparsity:.2%}")
+        item.setText(ERROR, "" if result.error is None else f"{result.error:.2e}")
+        item.setToolTip(ERROR, "relative output error ‖(W−Ŵ)X‖² / ‖WX‖² on calibration tokens")
+
+    def select(self, full_name: str) -> None:
+        item = self.items.get(full_name)
+        if item is not None:
+            item.parent().setExpanded(True)
+            self.tree.setCurrentItem(item)
+
+    def apply_filter(self, text: str) -> None:
+        text = text.strip().lower()
+        for i in range(self.tree.topLevelItemCount()):
+            parent = self.tree.topLevelItem(i)
+            visible = 0
+            for j in range(parent.childCount()):
+                child = parent.child(j)
+                hidden = bool(text) and text not in child.data(0, NAME_ROLE).lower()
+                child.setHidden(hidden)
+                visible += not hidden
+            parent.setHidden(visible == 0)
+            if text and visible:
+                parent.setExpanded(True)
+
+    def visible_layers(self) -> list[str]:
+        return [name for name, item in self.items.items() if not item.isHidden() and not item.parent().isHidden()]
+
+    def _current_changed(self, current, _previous) -> None:
+        name = current.data(0, NAME_ROLE) if current is not None else None
+        if name:
+            self.layer_selected.emit(name)
+
+
+def _count(n: int) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)

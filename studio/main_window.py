@@ -1,0 +1,371 @@
+"""The main window: a welcome page until a model is open, then the workspace —
+controls on the left (model, calibration, prune, evaluate), the layer tree, the views in tabs
+(layer, model overview, runs), and the progress and log at the bottom. It wires widgets to the
+controller; it holds no pruning logic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, Qt, Slot
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (QDialog, QDockWidget, QMainWindow, QScrollArea, QSplitter, QStackedWidget, QTabWidget,
+                               QVBoxLayout, QWidget)
+
+from core.events import Finished, LayerPruned
+from core.texts import PLAIN, TABULAR
+
+from .bench_panel import BenchPanel
+from .calibration_panel import CalibrationPanel
+from .controller import Controller
+from .evaluate_panel import EvaluatePanel
+from .export_dialog import ExportDialog
+from .histogram_view import HistogramView
+from .history_table import HistoryTable
+from .layer_tree import LayerTree
+from .mask_heatmap import MaskHeatmap
+from .message_bar import MessageBar
+from .model_panel import ModelPanel
+from .overview_chart import OverviewChart
+from .progress_panel import ProgressPanel
+from .run_panel import RunPanel
+from .welcome_view import WelcomeView
+
+MAX_RECENT = 8
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, settings: QSettings | None = None, parent=None):
+        super().__init__(parent)
+        self.settings = settings if settings is not None else QSettings()
+        self.setWindowTitle("Compression Studio")
+        self.setAcceptDrops(True)
+        self.controller = Controller(self)
+        self.selected_layer: str | None = None
+        self._build()
+        self._connect()
+        self._restore_settings()
+
+    # ---- layout --------------------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.welcome = WelcomeView()
+        self.message_bar = MessageBar()
+        self.model_panel = ModelPanel()
+        self.calibration_panel = CalibrationPanel()
+        self.run_panel = RunPanel()
+        self.evaluate_panel = EvaluatePanel()
+        self.layer_tree = LayerTree()
+        self.histograms = HistogramView()
+        self.heatmap = MaskHeatmap()
+        self.overview = OverviewChart()
+        self.history = HistoryTable()
+        self.progress_panel = ProgressPanel()
+        self.bench = BenchPanel()
+
+        self.control_tabs = QTabWidget()
+        self.control_tabs.addTab(_scrolling(self.model_panel), "Model")
+        self.control_tabs.addTab(_scrolling(self.calibration_panel), "Calibration")
+        self.control_tabs.addTab(_scrolling(self.run_panel, self.evaluate_panel), "Prune")
+        self.control_tabs.setMinimumWidth(340)
+
+        layer_page = QSplitter(Qt.Orientation.Vertical)
+        layer_page.addWidget(self.histograms)
+        layer_page.addWidget(self.heatmap)
+        layer_page.setSizes([330, 420])
+        self.tabs = QTabWidget()
+        self.tabs.addTab(layer_page, "Layer")
+        self.tabs.addTab(self.overview, "Model overview")
+        self.tabs.addTab(self.history, "Runs")
+        self.tabs.addTab(self.bench, "Benchmark")
+
+        views = QSplitter(Qt.Orientation.Horizontal)
+        views.addWidget(self.layer_tree)
+        views.addWidget(self.tabs)
+        views.setSizes([505, 1000])
+        views.setStretchFactor(1, 1)
+
+        workspace = QSplitter(Qt.Orientation.Horizontal)
+        workspace.addWidget(self.control_tabs)
+        workspace.addWidget(views)
+        workspace.setSizes([360, 1400])
+        workspace.setStretchFactor(1, 1)
+
+        self.pages = QStackedWidget()
+        self.pages.addWidget(self.welcome)
+        self.pages.addWidget(workspace)
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.message_bar)
+        layout.addWidget(self.pages, 1)
+        self.setCentralWidget(central)
+
+        self.progress_dock = QDockWidget("Progress and log", self)
+        self.progress_dock.setObjectName("progress")
+        self.progress_dock.setWidget(self.progress_panel)
+        self.progress_dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable)
+        self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.progress_dock)
+        self.resizeDocks([self.progress_dock], [150], Qt.Orientation.Vertical)
+        self._build_menu()
+
+    def _build_menu(self) -> None:
+        menu = self.menuBar().addMenu("&File")
+        self.open_demo_action = QAction("Open the &demo model", self, triggered=lambda: self.open_model("demo"))
+        self.export_action = QAction("&Export pruned model…", self, shortcut=QKeySequence("Ctrl+E"),
+                                     triggered=self.show_export_dialog, enabled=False)
+        self.welcome_action = QAction("&Welcome page", self, triggered=lambda: self.pages.setCurrentIndex(0))
+        quit_action = QAction("&Quit", self, shortcut=QKeySequence.StandardKey.Quit, triggered=self.close)
+        for action in (self.open_demo_action, self.welcome_action, self.export_action, quit_action):
+            menu.addAction(action)
+
+    def _connect(self) -> None:
+        c = self.controller
+        self.welcome.open_requested.connect(self.open_model)
+        self.layer_tree.layer_selected.connect(self.select_layer)
+        self.calibration_panel.load_requested.connect(self.load_calibration)
+        self.run_panel.run_requested.connect(self.start_run)
+        self.run_panel.cancel_requested.connect(c.cancel_run)
+        self.evaluate_panel.evaluate_requested.connect(self.evaluate)
+        self.model_panel.restore_requested.connect(c.restore_dense)
+        self.heatmap.tile_wanted.connect(c.request_tile)
+        self.history.compare_requested.connect(lambda a, b: c.compare(a, b, self.selected_layer))
+        c.model_loading.connect(self._model_loading)
+        c.model_opened.connect(self._model_opened)
+        c.calibration_ready.connect(self._calibration_ready)
+        c.calibration_failed.connect(self.calibration_panel.show_problem)
+        c.run_started.connect(self._run_started)
+        c.progress.connect(self.progress_panel.on_event)
+        c.layer_pruned.connect(self._layer_pruned)
+        c.run_finished.connect(self._run_finished)
+        c.run_cancelled.connect(self._run_cancelled)
+        c.run_failed.connect(lambda: self.run_panel.set_running(False))
+        c.layer_view_ready.connect(self._show_layer_view)
+        c.tile_ready.connect(self.heatmap.show_tile)
+        c.evaluation_done.connect(self._evaluation_done)
+        c.comparison_ready.connect(self._comparison_ready)
+        c.export_done.connect(self._export_done)
+        c.weights_restored.connect(self._weights_restored)
+        c.error.connect(self.show_error)
+        self.bench.start_requested.connect(self.start_benchmark)
+        self.bench.stop_requested.connect(c.stop_benchmark)
+        self.bench.save_requested.connect(c.save_benchmark)
+        c.bench_result.connect(self.bench.add_result)
+        c.bench_memory.connect(self.bench.charts.add_memory)
+        c.bench_finished.connect(self._bench_finished)
+
+    # ---- actions -------------------------------------------------------------------------------------
+    @Slot(str)
+    def open_model(self, spec: str) -> None:
+        self.message_bar.hide()
+        self.controller.open_model(spec)
+
+    @Slot()
+    def start_run(self) -> None:
+        self.message_bar.hide()
+        self.settings.setValue("run/last", self.run_panel.state())
+        self.controller.start_run(self.run_panel.plan_options(), self.calibration_panel.choice())
+
+    @Slot(object)
+    def load_calibration(self, choice) -> None:
+        self.message_bar.hide()
+        self.progress_panel.begin("tokenizing calibration")
+        self.controller.load_calibration(choice)
+
+    @Slot(object)
+    def evaluate(self, choice) -> None:
+        self.message_bar.hide()
+        self.progress_panel.begin(f"perplexity on {Path(choice.path).name}")
+        self.controller.evaluate(choice)
+
+    @Slot(object)
+    def start_benchmark(self, options) -> None:
+        self.message_bar.hide()
+        if self.controller.start_benchmark(options):
+            self.bench.begin()
+            self.progress_panel.begin("kernel benchmark")
+
+    @Slot(object)
+    def _bench_finished(self, report) -> None:
+        self.bench.finish(report)
+        self.progress_panel.end("done: benchmark" if report is not None else "benchmark stopped")
+
+    @Slot(str)
+    def select_layer(self, name: str) -> None:
+        self.selected_layer = name
+        self.controller.request_layer_view(name, self.run_panel.sparsity.value())
+
+    def show_export_dialog(self) -> None:
+        loaded = self.controller.loaded
+        suggestion = str(Path.cwd() / f"{loaded.name.replace('/', '_')}-pruned") if loaded else ""
+        dialog = ExportDialog(self, suggestion)
+        if dialog.exec() == QDialog.DialogCode.Accepted:
+            out, overwrite = dialog.choice()
+            self.progress_panel.begin(f"export to {out}")
+            self.controller.export(out, overwrite)
+        dialog.deleteLater()
+
+    @Slot(str)
+    def show_error(self, message: str) -> None:
+        self.message_bar.show_message(message)
+        self.progress_panel.write("✖ " + message)
+        if self.progress_panel.started is not None and not self.controller.engine.busy:
+            self.progress_panel.end("failed")
+
+    # ---- engine news ---------------------------------------------------------------------------------
+    @Slot(str)
+    def _model_loading(self, spec: str) -> None:
+        self.progress_panel.begin(f"opening {spec}")
+
+    @Slot(object)
+    def _model_opened(self, loaded) -> None:
+        self.progress_panel.end(f"done: opened {loaded.name}")
+        self.setWindowTitle(f"Compression Studio — {loaded.name}")
+        self.model_panel.show_model(loaded)
+        self.calibration_panel.set_context_length(loaded.context_length)
+        self.layer_tree.set_inventory(loaded.layout.inventory)
+        names = [l.full_name for b in loaded.layout.inventory for l in b.linears]
+        blocks = [b.index for b in loaded.layout.inventory for _ in b.linears]
+        self.overview.set_layers(names, blocks)
+        self.history.clear()
+        self.histograms.clear()
+        self.heatmap.clear()
+        self.pages.setCurrentIndex(1)
+        self.control_tabs.setCurrentIndex(1 if not self.calibration_panel.paths() else 2)
+        self._remember_model(loaded.source)
+        if names:
+            self.layer_tree.select(names[0])
+
+    @Slot(object)
+    def _calibration_ready(self, calib) -> None:
+        self.calibration_panel.show_ready(calib)
+        self.progress_panel.end(f"done: {calib.nsamples} calibration windows × {calib.seqlen} tokens")
+
+    @Slot(object)
+    def _run_started(self, plan) -> None:
+        self.control_tabs.setCurrentIndex(2)
+        self.run_panel.set_running(True)
+        self.export_action.setEnabled(False)
+        self.layer_tree.clear_results()
+        self.overview.clear()
+        self.model_panel.set_state(None)
+        self.progress_panel.begin(f"{plan.method} {plan.pattern} at {plan.sparsity:.0%}")
+
+    @Slot(object, object)
+    def _layer_pruned(self, result, view) -> None:
+        self.layer_tree.set_result(result)
+        self.overview.add_result(result)
+        if result.name == self.selected_layer:
+            self._show_layer_view(view)
+
+    @Slot(object)
+    def _run_finished(self, record) -> None:
+        self.run_panel.set_running(False)
+        self.export_action.setEnabled(True)
+        self.progress_panel.end(f"done: run {record.number}, {record.sparsity:.1%} of the pruned weights are zero")
+        for message in record.result.skipped:
+            self.progress_panel.write(f"skipped {message.name}: {message.reason}")
+        self.history.set_run(record)
+        self.model_panel.set_state(record)
+        if self.selected_layer:
+            self.select_layer(self.selected_layer)
+
+    @Slot()
+    def _run_cancelled(self) -> None:
+        self.run_panel.set_running(False)
+        self.progress_panel.end("cancelled: the weights are back to the dense model")
+        self._weights_restored()
+
+    @Slot()
+    def _weights_restored(self) -> None:
+        self.layer_tree.clear_results()
+        self.overview.clear()
+        self.model_panel.set_state(None)
+        self.export_action.setEnabled(False)
+        if self.selected_layer:
+            self.select_layer(self.selected_layer)
+
+    @Slot(object)
+    def _show_layer_view(self, view) -> None:
+        if view.name != self.selected_layer:
+            return
+        self.histograms.show_view(view)
+        self.heatmap.show_heatmap(view.name, view.shape, view.summary.heatmap, view.summary.heatmap_cell)
+
+    @Slot(object)
+    def _evaluation_done(self, outcome) -> None:
+        record, dense, pruned = outcome
+        self.progress_panel.end("done: perplexity measured")
+        self.evaluate_panel.show_result(dense, pruned)
+        self.progress_panel.write(f"perplexity dense {dense.ppl:.2f}" + (f", pruned {pruned.ppl:.2f}" if pruned else ""))
+        if record is not None:
+            self.history.set_run(record)
+
+    @Slot(object)
+    def _comparison_ready(self, comparison) -> None:
+        shape = None
+        if comparison.layer and self.controller.loaded is not None:
+            shape = next((l.out_features, l.in_features) for b in self.controller.loaded.layout.inventory
+                         for l in b.linears if l.full_name == comparison.layer)
+        self.history.show_comparison(comparison, shape)
+
+    @Slot(str)
+    def _export_done(self, path: str) -> None:
+        self.progress_panel.end(f"done: exported to {path}")
+
+    # ---- drag and drop -------------------------------------------------------------------------------
+    def dragEnterEvent(self, event) -> None:
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:
+        self.drop_paths([url.toLocalFile() for url in event.mimeData().urls() if url.isLocalFile()])
+        event.acceptProposedAction()
+
+    def drop_paths(self, paths: list[str]) -> None:
+        """A folder or .gguf opens as the model; text files join the calibration."""
+        texts = [p for p in paths if Path(p).suffix.lower() in PLAIN | TABULAR and Path(p).is_file()]
+        models = [p for p in paths if p not in texts]
+        if texts:
+            self.calibration_panel.add_files(texts)
+        if models:
+            self.open_model(models[0])
+
+    # ---- settings ------------------------------------------------------------------------------------
+    def _remember_model(self, source: str) -> None:
+        recent = [source] + [m for m in self.recent_models() if m != source]
+        self.settings.setValue("models/recent", recent[:MAX_RECENT])
+        self.welcome.set_recent(recent[:MAX_RECENT])
+
+    def recent_models(self) -> list[str]:
+        value = self.settings.value("models/recent", [])
+        return [value] if isinstance(value, str) else list(value or [])
+
+    def _restore_settings(self) -> None:
+        self.welcome.set_recent(self.recent_models())
+        geometry = self.settings.value("window/geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1600, 980)
+        self.run_panel.restore_state(self.settings.value("run/last", {}) or {})
+
+    def closeEvent(self, event) -> None:
+        self.settings.setValue("window/geometry", self.saveGeometry())
+        self.settings.setValue("run/last", self.run_panel.state())
+        self.settings.sync()
+        self.controller.shutdown()
+        super().closeEvent(event)
+
+
+def _scrolling(*panels) -> QScrollArea:
+    page = QWidget()
+    column = QVBoxLayout(page)
+    column.setContentsMargins(4, 4, 4, 4)
+    for panel in panels:
+        column.addWidget(panel)
+    column.addStretch(1)
+    scroll = QScrollArea()
+    scroll.setWidget(page)
+    scroll.setWidgetResizable(True)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    return scroll

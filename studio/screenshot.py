@@ -1,0 +1,87 @@
+"""Drive the window through open → Wanda run → perplexity → PNG, for the README's picture."""
+
+from __future__ import annotations
+
+import sys
+
+from PySide6.QtCore import QObject, QTimer, Slot
+from PySide6.QtWidgets import QApplication
+
+from .controller import EvaluationChoice
+
+SHOWN_LAYER = "mlp.down_proj"
+
+
+class ScreenshotDriver(QObject):
+    def __init__(self, window, spec: str, calib: list[str], eval_path: str | None, out: str,
+                 nsamples: int = 16, seqlen: int = 256, tab: int = 0):
+        super().__init__(window)
+        self.window, self.spec, self.calib, self.eval_path, self.out = window, spec, calib, eval_path, out
+        self.nsamples, self.seqlen, self.tab = nsamples, seqlen, tab
+        self.status = 1
+        c = window.controller
+        c.model_opened.connect(self._opened)
+        c.run_finished.connect(self._ran)
+        c.evaluation_done.connect(self._evaluated)
+        c.error.connect(self._failed)
+        c.bench_finished.connect(lambda report: QTimer.singleShot(500, self._grab))
+
+    def start(self) -> None:
+        self.window.open_model(self.spec)
+
+    @Slot(object)
+    def _opened(self, loaded) -> None:
+        w = self.window
+        w.calibration_panel.add_files(self.calib)
+        w.calibration_panel.nsamples.setValue(self.nsamples)
+        w.calibration_panel.seqlen.setValue(self.seqlen)
+        w.run_panel.method.setCurrentText("wanda")
+        w.run_panel.pattern.setCurrentText("unstructured")
+        w.run_panel.sparsity.setValue(0.5)
+        middle = loaded.layout.inventory[len(loaded.layout.inventory) // 2]
+        w.layer_tree.select(next(l.full_name for l in middle.linears if l.name.endswith(SHOWN_LAYER)))
+        w.start_run()
+
+    @Slot(object)
+    def _ran(self, record) -> None:
+        if self.eval_path:
+            self.window.evaluate_panel.path.setText(self.eval_path)
+            self.window.evaluate_panel.seqlen.setValue(self.seqlen)
+            self.window.evaluate_panel.windows.setValue(8)
+            self.window.evaluate(EvaluationChoice(self.eval_path, self.seqlen, 8))
+        else:
+            QTimer.singleShot(500, self._save)
+
+    @Slot(object)
+    def _evaluated(self, _outcome) -> None:
+        QTimer.singleShot(500, self._save)
+
+    @Slot(str)
+    def _failed(self, message: str) -> None:
+        print(f"screenshot: {message}", file=sys.stderr)
+        self.window.close()
+        QApplication.instance().quit()
+
+    def _save(self) -> None:
+        self.window.tabs.setCurrentIndex(self.tab)
+        if self.tab == 3:          # a quick CPU-sized benchmark, then the picture
+            from core.bench import BenchOptions
+
+            self.window.bench.tokens.setText("1,16,128,512")
+            self.window.start_benchmark(BenchOptions(tokens=(1, 16, 128, 512), end_to_end=True, new_tokens=8,
+                                                     prompt_tokens=32, budget_s=0.1))
+            return
+        if self.tab == 2 and self.window.selected_layer:
+            self.window.history.table.selectAll()
+            self.window.history.compare_button.click()
+            QTimer.singleShot(1500, self._grab)
+            return
+        self._grab()
+
+    def _grab(self) -> None:
+        QApplication.processEvents()
+        ok = self.window.grab().save(self.out)
+        print(f"saved {self.out}" if ok else f"could not write {self.out}", file=sys.stderr)
+        self.status = 0 if ok else 1
+        self.window.close()
+        QApplication.instance().quit()
