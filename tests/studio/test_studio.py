@@ -45,6 +45,16 @@ def run(qtbot, window, method="wanda", pattern="unstructured", sparsity=0.5):
     return blocker.args[0]
 
 
+def assert_legend_below_the_data(plot, entries):
+    """The legend shows its entries and lies wholly outside (below) the plot's data area."""
+    legend = plot.getPlotItem().legend
+    assert [label.text for _, label in legend.items] == entries
+    assert legend.isVisible() and legend.width() > 0 and legend.height() > 0
+    data_area = plot.getPlotItem().vb.sceneBoundingRect()
+    box = legend.sceneBoundingRect()
+    assert not box.intersects(data_area) and box.top() >= data_area.bottom()
+
+
 def weights(loaded) -> dict:
     return {info.full_name: weight_matrix(loaded.model.get_submodule(info.full_name)).detach().clone()
             for block in loaded.layout.inventory for info in block.linears}
@@ -115,6 +125,8 @@ def test_wanda_run_fills_the_table_overview_tree_and_heatmap(qtbot, studio_windo
     assert studio_window.layer_tree.items[FIRST].text(3) == "50% → 50.0%"
     view = select(qtbot, studio_window, FIRST)
     assert view.pruned and studio_window.histograms.shown_curves == 2
+    qtbot.wait(50)                                   # let the plot's layout place the legend
+    assert_legend_below_the_data(studio_window.histograms.weights_plot, ["before", "after (non-zero)"])
     weight = weight_matrix(loaded.model.get_submodule(FIRST)).detach()
     assert view.summary.weights_after.counts.sum() == int((weight != 0).sum())
     # the heatmap's cells average to the kept fraction of the weight
@@ -309,6 +321,11 @@ def test_benchmark_tab_streams_results_and_saves_them(qtbot, studio_window, stud
     assert len(report.kernels) == len(shapes) * 2 * 3 == len(arrived) == bench.table.rowCount()
     ok = [r for r in report.kernels if r.status == "ok" and tuple(r.shape) == bench.charts.shape.currentData()]
     assert bench.charts.points == len(ok)
+    studio_window.tabs.setCurrentWidget(bench)
+    qtbot.wait(50)
+    backends = sorted({f"{r.backend} {r.dtype}" for r in report.kernels if r.status == "ok" and r.speedup is not None
+                       and r.backend not in ("dense", "dense-int8")})
+    assert_legend_below_the_data(bench.charts.speedup, backends)
     out = tmp_path / "bench.csv"
     studio_window.controller.save_benchmark(str(out))
     assert out.read_bytes() == report.to_csv().encode()
