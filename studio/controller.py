@@ -85,13 +85,14 @@ class Controller(QObject):
         self._previews: dict = {}      # (layer, sparsity) -> LayerView of the dense model
 
     # ---- model -------------------------------------------------------------------------------------
-    def open_model(self, spec: str) -> None:
+    def open_model(self, spec: str, dtype: str = "float32", trust_remote_code: bool = False) -> None:
         spec = spec.strip()
         if not spec:
             self.error.emit("Type a model folder, a .gguf file, a hub id or 'demo' first.")
             return
         self.model_loading.emit(spec)
-        self.engine.submit("open model", lambda on_event, cancel: open_model(spec, on_event=on_event),
+        self.engine.submit("open model", lambda on_event, cancel: open_model(
+                               spec, dtype=dtype, trust_remote_code=trust_remote_code, on_event=on_event),
                            on_done=self.set_model, on_error=self._fail, on_event=self.progress.emit)
 
     @Slot(object)

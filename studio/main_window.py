@@ -157,7 +157,9 @@ class MainWindow(QMainWindow):
     @Slot(str)
     def open_model(self, spec: str) -> None:
         self.message_bar.hide()
-        self.controller.open_model(spec)
+        options = self.welcome.options.state()
+        self.settings.setValue("models/open", options)
+        self.controller.open_model(spec, options["dtype"], options["trust_remote_code"])
 
     @Slot()
     def start_run(self) -> None:
@@ -348,10 +350,12 @@ class MainWindow(QMainWindow):
         else:
             self.resize(1600, 980)
         self.run_panel.restore_state(self.settings.value("run/last", {}) or {})
+        self.welcome.options.restore_state(self.settings.value("models/open", {}) or {})
 
     def closeEvent(self, event) -> None:
         self.settings.setValue("window/geometry", self.saveGeometry())
         self.settings.setValue("run/last", self.run_panel.state())
+        self.settings.setValue("models/open", self.welcome.options.state())
         self.settings.sync()
         self.controller.shutdown()
         super().closeEvent(event)

@@ -345,3 +345,31 @@ def test_closing_the_window_during_a_run_stops_it_and_restores_the_weights(qtbot
     restored = all(torch.equal(now[name], original[name]) for name in original)
     finished = all(float((w == 0).float().mean()) == 0.5 for w in now.values())   # the run beat the close
     assert restored or finished, "closing left a half-pruned model"
+
+
+def test_open_options_reach_the_engine_and_are_remembered(qtbot, studio_window, studio_tiny_llama, studio_settings,
+                                                          monkeypatch):
+    import studio.controller as controller_module
+    from studio.main_window import MainWindow
+    from studio.open_options import TRUST_WARNING
+
+    options = studio_window.welcome.options
+    assert options.dtype.currentText() == "float32" and not options.trust_remote_code.isChecked()
+    assert options.trust_remote_code.toolTip() == TRUST_WARNING and "authors" in TRUST_WARNING
+    asked = []
+    real_open = controller_module.open_model
+    monkeypatch.setattr(controller_module, "open_model", lambda spec, **kw: asked.append(kw) or real_open(spec, **kw))
+    options.dtype.setCurrentText("bfloat16")
+    options.trust_remote_code.setChecked(True)
+    loaded = open_tiny(qtbot, studio_window, studio_tiny_llama)
+    assert asked[-1]["dtype"] == "bfloat16" and asked[-1]["trust_remote_code"] is True
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
+    assert studio_window.model_panel.fields["dtype"].text() == "bfloat16"
+    options.dtype.setCurrentText("float16")
+    options.trust_remote_code.setChecked(False)
+    assert {p.dtype for p in open_tiny(qtbot, studio_window, studio_tiny_llama).model.parameters()} == {torch.float16}
+    studio_window.close()
+    second = MainWindow(studio_settings)
+    qtbot.addWidget(second)
+    assert second.welcome.options.state() == {"dtype": "float16", "trust_remote_code": False}
+    second.close()
