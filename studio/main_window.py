@@ -267,6 +267,7 @@ class MainWindow(QMainWindow):
         for message in record.result.skipped:
             self.progress_panel.write(f"skipped {message.name}: {message.reason}")
         self.history.set_run(record)
+        self.layer_tree.fit_columns()
         self.model_panel.set_state(record)
         if self.selected_layer:
             self.select_layer(self.selected_layer)

@@ -4,6 +4,7 @@ and bad inputs. Every test ends with the window closed, no stray top-level windo
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -53,6 +54,21 @@ def assert_legend_below_the_data(plot, entries):
     data_area = plot.getPlotItem().vb.sceneBoundingRect()
     box = legend.sceneBoundingRect()
     assert not box.intersects(data_area) and box.top() >= data_area.bottom()
+
+
+def assert_errors_readable_and_columns_fit(layer_tree, record):
+    """Errors in scientific notation with 2 significant digits, explained in a tooltip; no column cut off."""
+    from studio.layer_tree import ERROR
+
+    tree = layer_tree.tree
+    for layer in record.result.layers:
+        item = layer_tree.items[layer.name]
+        text = item.text(ERROR)
+        assert re.fullmatch(r"\d\.\de[+-]\d\d", text) and float(text) == pytest.approx(layer.error, rel=0.05)
+        assert "‖(W−Ŵ)X‖² / ‖WX‖²" in item.toolTip(ERROR) and f"first {layer.error_tokens:,} calibration" in item.toolTip(ERROR)
+        for col in range(1, ERROR + 1):
+            assert tree.fontMetrics().horizontalAdvance(item.text(col)) < tree.columnWidth(col), (layer.name, col)
+    assert tree.header().length() <= tree.viewport().width()       # everything visible without scrolling
 
 
 def weights(loaded) -> dict:
@@ -123,6 +139,7 @@ def test_wanda_run_fills_the_table_overview_tree_and_heatmap(qtbot, studio_windo
     assert studio_window.history.table.item(0, 1).text() == "wanda"
     assert studio_window.overview.bar_count == 14
     assert studio_window.layer_tree.items[FIRST].text(3) == "50% → 50.0%"
+    assert_errors_readable_and_columns_fit(studio_window.layer_tree, record)
     view = select(qtbot, studio_window, FIRST)
     assert view.pruned and studio_window.histograms.shown_curves == 2
     qtbot.wait(50)                                   # let the plot's layout place the legend
