@@ -199,11 +199,11 @@ class MainWindow(QMainWindow):
     def show_export_dialog(self) -> None:
         loaded = self.controller.loaded
         suggestion = str(Path.cwd() / f"{loaded.name.replace('/', '_')}-pruned") if loaded else ""
-        dialog = ExportDialog(self, suggestion)
+        dialog = ExportDialog(self, suggestion, two_four=self.controller.can_export_compact)
         if dialog.exec() == QDialog.DialogCode.Accepted:
-            out, overwrite = dialog.choice()
-            self.progress_panel.begin(f"export to {out}")
-            self.controller.export(out, overwrite)
+            out, overwrite, compact = dialog.choice()
+            self.progress_panel.begin(f"export{' (compact 2:4)' if compact else ''} to {out}")
+            self.controller.export(out, overwrite, compact)
         dialog.deleteLater()
 
     @Slot(str)
@@ -311,9 +311,10 @@ class MainWindow(QMainWindow):
                          for l in b.linears if l.full_name == comparison.layer)
         self.history.show_comparison(comparison, shape)
 
-    @Slot(str)
-    def _export_done(self, path: str) -> None:
+    @Slot(str, str)
+    def _export_done(self, path: str, description: str) -> None:
         self.progress_panel.end(f"done: exported to {path}")
+        self.progress_panel.write(description)
 
     # ---- drag and drop -------------------------------------------------------------------------------
     def dragEnterEvent(self, event) -> None:

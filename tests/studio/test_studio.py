@@ -390,3 +390,53 @@ def test_open_options_reach_the_engine_and_are_remembered(qtbot, studio_window, 
     qtbot.addWidget(second)
     assert second.welcome.options.state() == {"dtype": "float16", "trust_remote_code": False}
     second.close()
+
+
+def _tensors(folder) -> dict:
+    from safetensors.torch import load_file
+
+    out = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        if file.name != "calibration.safetensors":
+            out.update(load_file(str(file)))
+    return out
+
+
+def test_compact_export_after_a_two_four_run_unpacks_to_the_same_weights(qtbot, studio_window, studio_tiny_llama,
+                                                                         studio_calib_text, tmp_path):
+    from core.compact import SUFFIX, unpack_folder
+    from studio.export_dialog import COMPACT_LABEL, ExportDialog
+
+    controller = studio_window.controller
+    open_tiny(qtbot, studio_window, studio_tiny_llama)
+    set_calibration(studio_window, studio_calib_text)
+    run(qtbot, studio_window, "magnitude", "unstructured", 0.5)
+    assert not controller.can_export_compact
+    dialog = ExportDialog(studio_window, str(tmp_path / "x"), two_four=controller.can_export_compact)
+    assert not dialog.compact.isEnabled() and dialog.choice()[2] is False
+    assert "same size as the dense model" in dialog.about.text()
+    dialog.deleteLater()
+    with qtbot.waitSignal(controller.error, timeout=WAIT) as blocker:
+        controller.export(str(tmp_path / "refused"), False, compact=True)
+    assert "2:4 weights only" in blocker.args[0] and not (tmp_path / "refused").exists()
+
+    run(qtbot, studio_window, "wanda", "2:4")
+    dialog = ExportDialog(studio_window, str(tmp_path / "x"), two_four=controller.can_export_compact)
+    assert dialog.compact.isEnabled() and dialog.compact.text() == COMPACT_LABEL
+    dialog.compact.setChecked(True)
+    assert dialog.choice() == (str(tmp_path / "x"), False, True)
+    dialog.deleteLater()
+    dense, compact, unpacked = tmp_path / "dense", tmp_path / "compact", tmp_path / "unpacked"
+    with qtbot.waitSignal(controller.export_done, timeout=WAIT) as blocker:
+        controller.export(str(dense), False)
+    assert "same size as the dense model" in blocker.args[1]
+    with qtbot.waitSignal(controller.export_done, timeout=WAIT) as blocker:
+        controller.export(str(compact), False, compact=True)
+    assert blocker.args[0] == str(compact.resolve()) and "compact 2:4: 14 layers packed" in blocker.args[1]
+    assert list(compact.glob(f"*{SUFFIX}")) and not list(compact.glob("model.safetensors"))
+    unpack_folder(compact, unpacked)
+    expected, restored = _tensors(dense), _tensors(unpacked)
+    assert expected.keys() == restored.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(restored[name], tensor), name
+    assert json.loads((unpacked / "sparsity.json").read_text())["pruning"]["pattern"] == "2:4"
