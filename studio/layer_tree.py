@@ -30,6 +30,8 @@ class LayerTree(QWidget):
         self.tree.setUniformRowHeights(True)
         self.tree.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.tree.headerItem().setToolTip(ERROR, ERROR_HELP.format(tokens=PrunePlan.error_tokens))
+        for col in (2, SPARSITY, ERROR):
+            self.tree.headerItem().setTextAlignment(col, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         self.tree.currentItemChanged.connect(self._current_changed)
         self.items: dict[str, QTreeWidgetItem] = {}
         layout = QVBoxLayout(self)
@@ -60,13 +62,15 @@ class LayerTree(QWidget):
         self.fit_columns()
 
     def fit_columns(self) -> None:
-        """Size the number columns to their contents; the name column takes what is left and elides."""
-        for col in range(1, len(COLUMNS)):
-            self.tree.resizeColumnToContents(col)
-        numbers = sum(self.tree.columnWidth(col) for col in range(1, len(COLUMNS)))
-        self.tree.resizeColumnToContents(0)
-        room = self.tree.viewport().width() - numbers
-        self.tree.setColumnWidth(0, max(min(self.tree.columnWidth(0), room), MIN_NAME_WIDTH))
+        """Size every column to its contents; when they do not all fit, the name column gives way
+        (elided in the middle, the full name in its tooltip) so the numbers stay readable."""
+        header = self.tree.header()
+        wanted = [max(self.tree.sizeHintForColumn(col), header.sectionSizeHint(col)) + 8 for col in range(len(COLUMNS))]
+        room = self.tree.viewport().width() - sum(wanted[1:])
+        if self.tree.isVisible() and room < wanted[0]:
+            wanted[0] = max(room, MIN_NAME_WIDTH)
+        for col, width in enumerate(wanted):
+            self.tree.setColumnWidth(col, width)
 
     def clear_results(self) -> None:
         for item in self.items.values():

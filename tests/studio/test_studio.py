@@ -69,6 +69,7 @@ def assert_errors_readable_and_columns_fit(layer_tree, record):
         for col in range(1, ERROR + 1):
             assert tree.fontMetrics().horizontalAdvance(item.text(col)) < tree.columnWidth(col), (layer.name, col)
     assert tree.header().length() <= tree.viewport().width()       # everything visible without scrolling
+    assert tree.columnWidth(0) >= tree.sizeHintForColumn(0)          # room enough here: no name is elided
 
 
 def weights(loaded) -> dict:
@@ -131,6 +132,7 @@ def test_wanda_run_fills_the_table_overview_tree_and_heatmap(qtbot, studio_windo
     loaded = open_tiny(qtbot, studio_window, studio_tiny_llama)
     select(qtbot, studio_window, FIRST)
     set_calibration(studio_window, studio_calib_text)
+    studio_window.layer_tree.tree.setColumnWidth(4, 300)     # as wide as a stretched last column gets
     record = run(qtbot, studio_window)
     # every layer lost exactly half of every row (Wanda prunes per output row)
     for name, weight in weights(loaded).items():
