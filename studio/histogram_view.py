@@ -28,9 +28,12 @@ class HistogramView(QWidget):
         self.legend = legend_below(self.weights_plot, columns=2)
         self.before = _curve(self.weights_plot, BEFORE, "weights")
         self.after = _curve(self.weights_plot, AFTER, "after (non-zero)")
-        self.scores = _curve(self.scores_plot, BEFORE)
-        self.threshold = pg.InfiniteLine(0, angle=90, pen=pg.mkPen(THRESHOLD, width=2, style=pg.QtCore.Qt.PenStyle.DashLine),
+        self.score_legend = legend_below(self.scores_plot, columns=2)   # also keeps both plots the same height
+        self.scores = _curve(self.scores_plot, BEFORE, "score")
+        threshold_pen = pg.mkPen(THRESHOLD, width=2, style=pg.QtCore.Qt.PenStyle.DashLine)
+        self.threshold = pg.InfiniteLine(0, angle=90, pen=threshold_pen,
                                          label="threshold", labelOpts={"position": 0.92, "color": THRESHOLD})
+        self.score_legend.addItem(pg.PlotDataItem(pen=threshold_pen), "pruned below the threshold")
         self.scores_plot.addItem(self.threshold)
         self.clear()
         header = QHBoxLayout()

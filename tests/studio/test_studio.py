@@ -146,6 +146,7 @@ def test_wanda_run_fills_the_table_overview_tree_and_heatmap(qtbot, studio_windo
     assert view.pruned and studio_window.histograms.shown_curves == 2
     qtbot.wait(50)                                   # let the plot's layout place the legend
     assert_legend_below_the_data(studio_window.histograms.weights_plot, ["before", "after (non-zero)"])
+    assert_legend_below_the_data(studio_window.histograms.scores_plot, ["score", "pruned below the threshold"])
     weight = weight_matrix(loaded.model.get_submodule(FIRST)).detach()
     assert view.summary.weights_after.counts.sum() == int((weight != 0).sum())
     # the heatmap's cells average to the kept fraction of the weight
