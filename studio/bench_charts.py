@@ -8,7 +8,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
-from studio.plot_legend import legend_below
+from studio.plot_legend import legend_below, legend_right
 
 COLOURS = [(47, 111, 223), (230, 120, 30), (40, 160, 90), (170, 60, 180), (200, 40, 40), (90, 90, 90)]
 
@@ -25,11 +25,11 @@ class BenchCharts(QWidget):
         self.shape.currentIndexChanged.connect(self._draw_latency)
         self.latency = _plot("Latency by token count", "tokens (log10)", "median ms (log10)")
         self.latency.setLogMode(x=True, y=True)
-        legend_below(self.latency, columns=2)
+        legend_below(self.latency, columns=3)
         self.speedup = _plot("Speedup over dense at the largest token count", "layer shape", "× dense")
-        legend_below(self.speedup, columns=2)
+        legend_below(self.speedup, columns=3)
         self.vram = _plot("Memory during the benchmark", "seconds", "MiB")
-        legend_below(self.vram)
+        legend_right(self.vram)
         self.note = QLabel("")
         self.note.setObjectName("warning")
         self.note.setWordWrap(True)
