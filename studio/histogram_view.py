@@ -31,8 +31,7 @@ class HistogramView(QWidget):
         self.score_legend = legend_below(self.scores_plot, columns=2)   # also keeps both plots the same height
         self.scores = _curve(self.scores_plot, BEFORE, "score")
         threshold_pen = pg.mkPen(THRESHOLD, width=2, style=pg.QtCore.Qt.PenStyle.DashLine)
-        self.threshold = pg.InfiniteLine(0, angle=90, pen=threshold_pen,
-                                         label="threshold", labelOpts={"position": 0.92, "color": THRESHOLD})
+        self.threshold = pg.InfiniteLine(0, angle=90, pen=threshold_pen)   # named in the legend, not on the curve
         self.score_legend.addItem(pg.PlotDataItem(pen=threshold_pen), "pruned below the threshold")
         self.scores_plot.addItem(self.threshold)
         self.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QSizePolicy
 
 # PlotItem's grid: rows title 0, top axis 1, view 2, bottom axis 3; columns left axis 0, view 1, right axis 2
 BELOW, RIGHT = (4, 1), (2, 3)
@@ -19,7 +20,7 @@ class _LegendInLayout(pg.LegendItem):
 
 def legend_below(plot: pg.PlotWidget, columns: int = 4) -> pg.LegendItem:
     """Give the plot a legend under its x axis; named items added to the plot join it as usual."""
-    return _outside(plot, BELOW, columns, Qt.AlignmentFlag.AlignHCenter)
+    return _outside(plot, BELOW, columns, Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop)
 
 
 def legend_right(plot: pg.PlotWidget) -> pg.LegendItem:
@@ -30,6 +31,7 @@ def legend_right(plot: pg.PlotWidget) -> pg.LegendItem:
 def _outside(plot, cell, columns, alignment) -> pg.LegendItem:
     item = plot.getPlotItem()
     legend = _LegendInLayout(colCount=columns)
+    legend.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)   # its own height, not the row's
     item.layout.addItem(legend, *cell)
     item.layout.setAlignment(legend, alignment)
     row, column = cell
