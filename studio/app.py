@@ -51,8 +51,34 @@ def style_application(app) -> None:
         app.setWindowIcon(QIcon(str(icon)))
 
 
+def display_problem() -> str | None:
+    """Why no window can open here, in words a user can act on; None when a display looks usable.
+
+    Qt's own failure is an abort with a message about "platform plugins"; this says what to do instead.
+    """
+    import ctypes.util
+    import os
+
+    if not sys.platform.startswith("linux") or os.environ.get("QT_QPA_PLATFORM"):
+        return None
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return ("no display: DISPLAY is not set. Run on a desktop session, under a virtual screen "
+                "(xvfb-run compression-studio ...), or use the command line (compression-studio prune --help).")
+    if os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        missing = [lib for lib in ("xcb-cursor", "xcb-icccm", "xcb-keysyms") if ctypes.util.find_library(lib) is None]
+        if missing:
+            packages = " ".join(f"lib{lib}{'0' if lib == 'xcb-cursor' else '4' if lib == 'xcb-icccm' else '1'}"
+                                for lib in missing)
+            return f"Qt needs the X libraries {', '.join(missing)}: install them (Debian/Ubuntu: apt-get install {packages})."
+    return None
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    problem = display_problem()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     from PySide6.QtWidgets import QApplication
 
     app = QApplication.instance() or QApplication([sys.argv[0]])
