@@ -173,7 +173,7 @@ def _from_pretrained(location, source, dtype, trust_remote_code, **kwargs):
     except ValueError as exc:
         text = str(exc)
         if "trust_remote_code" in text:
-            raise UserError(f"{source} needs custom code from its authors; allow it with --trust-remote-code if you trust them.") from None
+            raise UserError(f"{source} needs custom code from its authors; allow it with --trust-remote-code (in the studio: the 'trust remote code' box) if you trust them.") from None
         if "Unrecognized configuration class" in text or "does not recognize this architecture" in text:
             raise UserError(f"not supported yet: {source} is not a causal language model transformers knows.") from None
         raise UserError(f"could not read the model at {source}: {_first_line(text)}") from None

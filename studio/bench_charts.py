@@ -8,6 +8,8 @@ import pyqtgraph as pg
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
+from studio.plot_legend import legend_below, legend_right
+
 COLOURS = [(47, 111, 223), (230, 120, 30), (40, 160, 90), (170, 60, 180), (200, 40, 40), (90, 90, 90)]
 
 
@@ -23,11 +25,11 @@ class BenchCharts(QWidget):
         self.shape.currentIndexChanged.connect(self._draw_latency)
         self.latency = _plot("Latency by token count", "tokens (log10)", "median ms (log10)")
         self.latency.setLogMode(x=True, y=True)
-        self.latency.addLegend(offset=(10, 10))
+        legend_below(self.latency, columns=2)
         self.speedup = _plot("Speedup over dense at the largest token count", "layer shape", "× dense")
-        self.speedup.addLegend(offset=(-10, 10))
+        legend_below(self.speedup, columns=2)
         self.vram = _plot("Memory during the benchmark", "seconds", "MiB")
-        self.vram.addLegend(offset=(10, 10))
+        legend_right(self.vram)
         self.note = QLabel("")
         self.note.setObjectName("warning")
         self.note.setWordWrap(True)

@@ -17,6 +17,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 
 from core import session
 from core.calibration import CalibrationSet, load_calibration
+from core.compact import export_compact
 from core.errors import UserError
 from core.evaluate import evaluation_windows, perplexity
 from core.events import LayerPruned
@@ -59,7 +60,7 @@ class Controller(QObject):
     tile_ready = Signal(str, object)          # layer name, Tile
     evaluation_done = Signal(object)          # RunRecord (or None) with perplexities
     comparison_ready = Signal(object)         # Comparison
-    export_done = Signal(str)
+    export_done = Signal(str, str)          # folder, a sentence on what was written and its size
     error = Signal(str)
     busy_changed = Signal(bool)
     weights_restored = Signal()
@@ -85,13 +86,14 @@ class Controller(QObject):
         self._previews: dict = {}      # (layer, sparsity) -> LayerView of the dense model
 
     # ---- model -------------------------------------------------------------------------------------
-    def open_model(self, spec: str) -> None:
+    def open_model(self, spec: str, dtype: str = "float32", trust_remote_code: bool = False) -> None:
         spec = spec.strip()
         if not spec:
             self.error.emit("Type a model folder, a .gguf file, a hub id or 'demo' first.")
             return
         self.model_loading.emit(spec)
-        self.engine.submit("open model", lambda on_event, cancel: open_model(spec, on_event=on_event),
+        self.engine.submit("open model", lambda on_event, cancel: open_model(
+                               spec, dtype=dtype, trust_remote_code=trust_remote_code, on_event=on_event),
                            on_done=self.set_model, on_error=self._fail, on_event=self.progress.emit)
 
     @Slot(object)
@@ -307,7 +309,12 @@ class Controller(QObject):
         self.engine.submit("evaluation", job, on_done=done, on_error=self._fail, on_event=self.progress.emit)
 
     # ---- export --------------------------------------------------------------------------------------
-    def export(self, out: str, overwrite: bool) -> None:
+    @property
+    def can_export_compact(self) -> bool:
+        """The compact format stores 2:4 weights only: it is offered when the model holds a 2:4 run."""
+        return self.applied is not None and str(self.applied.result.plan.pattern) == "2:4"
+
+    def export(self, out: str, overwrite: bool, compact: bool = False) -> None:
         if not self._need_model():
             return
         try:
@@ -319,14 +326,22 @@ class Controller(QObject):
         if record is None:
             self.error.emit("Nothing to export yet: run a pruning method first.")
             return
+        if compact and not self.can_export_compact:
+            self.error.emit(f"The compact format stores 2:4 weights only and the last run is {record.pattern}: "
+                            "run with pattern 2:4, or export in the ordinary format.")
+            return
 
         def job(on_event, cancel):
             report = build_report(loaded, record.result, calib, durations={"prune": record.seconds})
             if record.ppl is not None:
                 report["perplexity"] = {"dense": {"ppl": record.ppl_dense}, "pruned": {"ppl": record.ppl}}
-            return str(write_export(loaded, out, report, calib, overwrite=overwrite, on_event=on_event))
+            if compact:
+                summary = export_compact(loaded, out, report, calib, overwrite=overwrite, on_event=on_event)
+                return str(summary.out), _describe_compact(summary)
+            folder = write_export(loaded, out, report, calib, overwrite=overwrite, on_event=on_event)
+            return str(folder), _describe_dense(folder)
 
-        self.engine.submit("export", job, on_done=self.export_done.emit, on_error=self._fail,
+        self.engine.submit("export", job, on_done=lambda done: self.export_done.emit(*done), on_error=self._fail,
                            on_event=self.progress.emit)
 
     # ---- kernel benchmark ----------------------------------------------------------------------------
@@ -419,3 +434,15 @@ def _freeze_long_lived_objects() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+
+
+def _describe_dense(folder) -> str:
+    weights = sum(f.stat().st_size for f in Path(folder).glob("*.safetensors") if f.name != "calibration.safetensors")
+    return (f"weights {weights / 2**20:,.1f} MiB, the same size as the dense model: "
+            "pruned weights are stored as zeros")
+
+
+def _describe_compact(summary) -> str:
+    return (f"compact 2:4: {summary.layers} layers packed, weights {summary.compact_bytes / 2**20:,.1f} MiB, "
+            f"{summary.ratio:.0%} of the dense export's {summary.dense_bytes / 2**20:,.1f} MiB; "
+            "load it with compression-studio or unpack it first")

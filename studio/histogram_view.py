@@ -7,6 +7,8 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
+from studio.plot_legend import legend_below
+
 BEFORE = (47, 111, 223)
 AFTER = (230, 120, 30)
 THRESHOLD = (200, 40, 40)
@@ -23,12 +25,14 @@ class HistogramView(QWidget):
         self.title.setObjectName("heading")
         self.weights_plot = _plot("Weights", "weight value")
         self.scores_plot = _plot("Score", "score")
-        self.legend = self.weights_plot.addLegend(offset=(-10, 10))
+        self.legend = legend_below(self.weights_plot, columns=2)
         self.before = _curve(self.weights_plot, BEFORE, "weights")
         self.after = _curve(self.weights_plot, AFTER, "after (non-zero)")
-        self.scores = _curve(self.scores_plot, BEFORE)
-        self.threshold = pg.InfiniteLine(0, angle=90, pen=pg.mkPen(THRESHOLD, width=2, style=pg.QtCore.Qt.PenStyle.DashLine),
-                                         label="threshold", labelOpts={"position": 0.92, "color": THRESHOLD})
+        self.score_legend = legend_below(self.scores_plot, columns=2)   # also keeps both plots the same height
+        self.scores = _curve(self.scores_plot, BEFORE, "score")
+        threshold_pen = pg.mkPen(THRESHOLD, width=2, style=pg.QtCore.Qt.PenStyle.DashLine)
+        self.threshold = pg.InfiniteLine(0, angle=90, pen=threshold_pen)   # named in the legend, not on the curve
+        self.score_legend.addItem(pg.PlotDataItem(pen=threshold_pen), "pruned below the threshold")
         self.scores_plot.addItem(self.threshold)
         self.clear()
         header = QHBoxLayout()

@@ -6,8 +6,13 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QLineEdit, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
 
+from core.plan import PrunePlan
+
 COLUMNS = ["Layer", "Shape", "Params", "Sparsity", "Error"]
 SPARSITY, ERROR = 3, 4
+MIN_NAME_WIDTH = 120
+ERROR_HELP = ("Relative output error ‖(W−Ŵ)X‖² / ‖WX‖²: how much of the layer's output the pruning changed, "
+              "measured on the first {tokens:,} calibration tokens (lower is better).")
 NAME_ROLE = Qt.ItemDataRole.UserRole
 
 
@@ -23,6 +28,10 @@ class LayerTree(QWidget):
         self.tree.setHeaderLabels(COLUMNS)
         self.tree.setAlternatingRowColors(True)
         self.tree.setUniformRowHeights(True)
+        self.tree.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.tree.headerItem().setToolTip(ERROR, ERROR_HELP.format(tokens=PrunePlan.error_tokens))
+        for col in (2, SPARSITY, ERROR):
+            self.tree.headerItem().setTextAlignment(col, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         self.tree.currentItemChanged.connect(self._current_changed)
         self.items: dict[str, QTreeWidgetItem] = {}
         layout = QVBoxLayout(self)
@@ -49,11 +58,19 @@ class LayerTree(QWidget):
             self.tree.addTopLevelItem(parent)
         if self.tree.topLevelItemCount():
             self.tree.topLevelItem(0).setExpanded(True)
-        self.tree.resizeColumnToContents(0)
-        self.tree.setColumnWidth(0, max(self.tree.columnWidth(0) + 10, 140))
-        for col, width in ((1, 88), (2, 62), (SPARSITY, 98), (ERROR, 78)):
-            self.tree.setColumnWidth(col, width)
         self.apply_filter(self.filter.text())
+        self.fit_columns()
+
+    def fit_columns(self) -> None:
+        """Size every column to its contents; when they do not all fit, the name column gives way
+        (elided in the middle, the full name in its tooltip) so the numbers stay readable."""
+        header = self.tree.header()
+        wanted = [max(self.tree.sizeHintForColumn(col), header.sectionSizeHint(col)) + 8 for col in range(len(COLUMNS))]
+        room = self.tree.viewport().width() - sum(wanted[1:])
+        if self.tree.isVisible() and room < wanted[0]:
+            wanted[0] = max(room, MIN_NAME_WIDTH)
+        for col, width in enumerate(wanted):
+            self.tree.setColumnWidth(col, width)
 
     def clear_results(self) -> None:
         for item in self.items.values():
@@ -66,8 +83,8 @@ class LayerTree(QWidget):
             return
         item.setText(SPARSITY, f"{result.target_sparsity:.0%} → {result.sparsity:.1%}")
         item.setToolTip(SPARSITY, f"target {result.target_sparsity:.1%}, achieved {result.sparsity:.2%}")
-        item.setText(ERROR, "" if result.error is None else f"{result.error:.2e}")
-        item.setToolTip(ERROR, "relative output error ‖(W−Ŵ)X‖² / ‖WX‖² on calibration tokens")
+        item.setText(ERROR, "" if result.error is None else f"{result.error:.1e}")
+        item.setToolTip(ERROR, ERROR_HELP.format(tokens=result.error_tokens))
 
     def select(self, full_name: str) -> None:
         item = self.items.get(full_name)

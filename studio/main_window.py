@@ -157,7 +157,9 @@ class MainWindow(QMainWindow):
     @Slot(str)
     def open_model(self, spec: str) -> None:
         self.message_bar.hide()
-        self.controller.open_model(spec)
+        options = self.welcome.options.state()
+        self.settings.setValue("models/open", options)
+        self.controller.open_model(spec, options["dtype"], options["trust_remote_code"])
 
     @Slot()
     def start_run(self) -> None:
@@ -197,11 +199,11 @@ class MainWindow(QMainWindow):
     def show_export_dialog(self) -> None:
         loaded = self.controller.loaded
         suggestion = str(Path.cwd() / f"{loaded.name.replace('/', '_')}-pruned") if loaded else ""
-        dialog = ExportDialog(self, suggestion)
+        dialog = ExportDialog(self, suggestion, two_four=self.controller.can_export_compact)
         if dialog.exec() == QDialog.DialogCode.Accepted:
-            out, overwrite = dialog.choice()
-            self.progress_panel.begin(f"export to {out}")
-            self.controller.export(out, overwrite)
+            out, overwrite, compact = dialog.choice()
+            self.progress_panel.begin(f"export{' (compact 2:4)' if compact else ''} to {out}")
+            self.controller.export(out, overwrite, compact)
         dialog.deleteLater()
 
     @Slot(str)
@@ -265,6 +267,7 @@ class MainWindow(QMainWindow):
         for message in record.result.skipped:
             self.progress_panel.write(f"skipped {message.name}: {message.reason}")
         self.history.set_run(record)
+        self.layer_tree.fit_columns()
         self.model_panel.set_state(record)
         if self.selected_layer:
             self.select_layer(self.selected_layer)
@@ -308,9 +311,10 @@ class MainWindow(QMainWindow):
                          for l in b.linears if l.full_name == comparison.layer)
         self.history.show_comparison(comparison, shape)
 
-    @Slot(str)
-    def _export_done(self, path: str) -> None:
+    @Slot(str, str)
+    def _export_done(self, path: str, description: str) -> None:
         self.progress_panel.end(f"done: exported to {path}")
+        self.progress_panel.write(description)
 
     # ---- drag and drop -------------------------------------------------------------------------------
     def dragEnterEvent(self, event) -> None:
@@ -348,10 +352,12 @@ class MainWindow(QMainWindow):
         else:
             self.resize(1600, 980)
         self.run_panel.restore_state(self.settings.value("run/last", {}) or {})
+        self.welcome.options.restore_state(self.settings.value("models/open", {}) or {})
 
     def closeEvent(self, event) -> None:
         self.settings.setValue("window/geometry", self.saveGeometry())
         self.settings.setValue("run/last", self.run_panel.state())
+        self.settings.setValue("models/open", self.welcome.options.state())
         self.settings.sync()
         self.controller.shutdown()
         super().closeEvent(event)

@@ -1,10 +1,13 @@
-"""The first page: open a model folder, a GGUF file, a hub id, the demo model, or a recent model."""
+"""The first page: open a model folder, a GGUF file, a hub id, the demo model, or a recent model,
+in the dtype chosen here and with or without the model authors' code."""
 
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWidget, QPushButton, QVBoxLayout,
                                QWidget)
+
+from .open_options import OpenOptions
 
 
 class WelcomeView(QWidget):
@@ -29,6 +32,7 @@ class WelcomeView(QWidget):
         hub_row = QHBoxLayout()
         hub_row.addWidget(self.hub_id, 1)
         hub_row.addWidget(hub_button)
+        self.options = OpenOptions()
         recent_label = QLabel("Recent models")
         recent_label.setObjectName("heading")
         self.recent = QListWidget()
@@ -41,6 +45,7 @@ class WelcomeView(QWidget):
         for widget in (title, subtitle, self.demo_button, folder_button, gguf_button):
             column.addWidget(widget)
         column.addLayout(hub_row)
+        column.addWidget(self.options)
         column.addSpacing(8)
         column.addWidget(recent_label)
         column.addWidget(self.recent)

@@ -4,6 +4,7 @@ and bad inputs. Every test ends with the window closed, no stray top-level windo
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -43,6 +44,33 @@ def run(qtbot, window, method="wanda", pattern="unstructured", sparsity=0.5):
     with qtbot.waitSignal(window.controller.run_finished, timeout=WAIT) as blocker:
         window.start_run()
     return blocker.args[0]
+
+
+def assert_legend_outside_the_data(plot, entries):
+    """The legend shows its entries and lies wholly outside the plot's data area, below or right of it."""
+    legend = plot.getPlotItem().legend
+    assert [label.text for _, label in legend.items] == entries
+    assert legend.isVisible() and legend.width() > 0 and legend.height() > 0
+    data_area = plot.getPlotItem().vb.sceneBoundingRect()
+    box = legend.sceneBoundingRect()
+    assert not box.intersects(data_area)
+    assert box.top() >= data_area.bottom() or box.left() >= data_area.right()
+
+
+def assert_errors_readable_and_columns_fit(layer_tree, record):
+    """Errors in scientific notation with 2 significant digits, explained in a tooltip; no column cut off."""
+    from studio.layer_tree import ERROR
+
+    tree = layer_tree.tree
+    for layer in record.result.layers:
+        item = layer_tree.items[layer.name]
+        text = item.text(ERROR)
+        assert re.fullmatch(r"\d\.\de[+-]\d\d", text) and float(text) == pytest.approx(layer.error, rel=0.05)
+        assert "‖(W−Ŵ)X‖² / ‖WX‖²" in item.toolTip(ERROR) and f"first {layer.error_tokens:,} calibration" in item.toolTip(ERROR)
+        for col in range(1, ERROR + 1):
+            assert tree.fontMetrics().horizontalAdvance(item.text(col)) < tree.columnWidth(col), (layer.name, col)
+    assert tree.header().length() <= tree.viewport().width()       # everything visible without scrolling
+    assert tree.columnWidth(0) >= tree.sizeHintForColumn(0)          # room enough here: no name is elided
 
 
 def weights(loaded) -> dict:
@@ -105,6 +133,7 @@ def test_wanda_run_fills_the_table_overview_tree_and_heatmap(qtbot, studio_windo
     loaded = open_tiny(qtbot, studio_window, studio_tiny_llama)
     select(qtbot, studio_window, FIRST)
     set_calibration(studio_window, studio_calib_text)
+    studio_window.layer_tree.tree.setColumnWidth(4, 300)     # as wide as a stretched last column gets
     record = run(qtbot, studio_window)
     # every layer lost exactly half of every row (Wanda prunes per output row)
     for name, weight in weights(loaded).items():
@@ -113,8 +142,12 @@ def test_wanda_run_fills_the_table_overview_tree_and_heatmap(qtbot, studio_windo
     assert studio_window.history.table.item(0, 1).text() == "wanda"
     assert studio_window.overview.bar_count == 14
     assert studio_window.layer_tree.items[FIRST].text(3) == "50% → 50.0%"
+    assert_errors_readable_and_columns_fit(studio_window.layer_tree, record)
     view = select(qtbot, studio_window, FIRST)
     assert view.pruned and studio_window.histograms.shown_curves == 2
+    qtbot.wait(50)                                   # let the plot's layout place the legend
+    assert_legend_outside_the_data(studio_window.histograms.weights_plot, ["before", "after (non-zero)"])
+    assert_legend_outside_the_data(studio_window.histograms.scores_plot, ["score", "pruned below the threshold"])
     weight = weight_matrix(loaded.model.get_submodule(FIRST)).detach()
     assert view.summary.weights_after.counts.sum() == int((weight != 0).sum())
     # the heatmap's cells average to the kept fraction of the weight
@@ -309,6 +342,12 @@ def test_benchmark_tab_streams_results_and_saves_them(qtbot, studio_window, stud
     assert len(report.kernels) == len(shapes) * 2 * 3 == len(arrived) == bench.table.rowCount()
     ok = [r for r in report.kernels if r.status == "ok" and tuple(r.shape) == bench.charts.shape.currentData()]
     assert bench.charts.points == len(ok)
+    studio_window.tabs.setCurrentWidget(bench)
+    qtbot.wait(50)
+    backends = sorted({f"{r.backend} {r.dtype}" for r in report.kernels if r.status == "ok" and r.speedup is not None
+                       and r.backend not in ("dense", "dense-int8")})
+    assert_legend_outside_the_data(bench.charts.speedup, backends)
+    assert_legend_outside_the_data(bench.charts.vram, ["process RSS"])
     out = tmp_path / "bench.csv"
     studio_window.controller.save_benchmark(str(out))
     assert out.read_bytes() == report.to_csv().encode()
@@ -328,3 +367,81 @@ def test_closing_the_window_during_a_run_stops_it_and_restores_the_weights(qtbot
     restored = all(torch.equal(now[name], original[name]) for name in original)
     finished = all(float((w == 0).float().mean()) == 0.5 for w in now.values())   # the run beat the close
     assert restored or finished, "closing left a half-pruned model"
+
+
+def test_open_options_reach_the_engine_and_are_remembered(qtbot, studio_window, studio_tiny_llama, studio_settings,
+                                                          monkeypatch):
+    import studio.controller as controller_module
+    from studio.main_window import MainWindow
+    from studio.open_options import TRUST_WARNING
+
+    options = studio_window.welcome.options
+    assert options.dtype.currentText() == "float32" and not options.trust_remote_code.isChecked()
+    assert options.trust_remote_code.toolTip() == TRUST_WARNING and "authors" in TRUST_WARNING
+    asked = []
+    real_open = controller_module.open_model
+    monkeypatch.setattr(controller_module, "open_model", lambda spec, **kw: asked.append(kw) or real_open(spec, **kw))
+    options.dtype.setCurrentText("bfloat16")
+    options.trust_remote_code.setChecked(True)
+    loaded = open_tiny(qtbot, studio_window, studio_tiny_llama)
+    assert asked[-1]["dtype"] == "bfloat16" and asked[-1]["trust_remote_code"] is True
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
+    assert studio_window.model_panel.fields["dtype"].text() == "bfloat16"
+    options.dtype.setCurrentText("float16")
+    options.trust_remote_code.setChecked(False)
+    assert {p.dtype for p in open_tiny(qtbot, studio_window, studio_tiny_llama).model.parameters()} == {torch.float16}
+    studio_window.close()
+    second = MainWindow(studio_settings)
+    qtbot.addWidget(second)
+    assert second.welcome.options.state() == {"dtype": "float16", "trust_remote_code": False}
+    second.close()
+
+
+def _tensors(folder) -> dict:
+    from safetensors.torch import load_file
+
+    out = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        if file.name != "calibration.safetensors":
+            out.update(load_file(str(file)))
+    return out
+
+
+def test_compact_export_after_a_two_four_run_unpacks_to_the_same_weights(qtbot, studio_window, studio_tiny_llama,
+                                                                         studio_calib_text, tmp_path):
+    from core.compact import SUFFIX, unpack_folder
+    from studio.export_dialog import COMPACT_LABEL, ExportDialog
+
+    controller = studio_window.controller
+    open_tiny(qtbot, studio_window, studio_tiny_llama)
+    set_calibration(studio_window, studio_calib_text)
+    run(qtbot, studio_window, "magnitude", "unstructured", 0.5)
+    assert not controller.can_export_compact
+    dialog = ExportDialog(studio_window, str(tmp_path / "x"), two_four=controller.can_export_compact)
+    assert not dialog.compact.isEnabled() and dialog.choice()[2] is False
+    assert "same size as the dense model" in dialog.about.text()
+    dialog.deleteLater()
+    with qtbot.waitSignal(controller.error, timeout=WAIT) as blocker:
+        controller.export(str(tmp_path / "refused"), False, compact=True)
+    assert "2:4 weights only" in blocker.args[0] and not (tmp_path / "refused").exists()
+
+    run(qtbot, studio_window, "wanda", "2:4")
+    dialog = ExportDialog(studio_window, str(tmp_path / "x"), two_four=controller.can_export_compact)
+    assert dialog.compact.isEnabled() and dialog.compact.text() == COMPACT_LABEL
+    dialog.compact.setChecked(True)
+    assert dialog.choice() == (str(tmp_path / "x"), False, True)
+    dialog.deleteLater()
+    dense, compact, unpacked = tmp_path / "dense", tmp_path / "compact", tmp_path / "unpacked"
+    with qtbot.waitSignal(controller.export_done, timeout=WAIT) as blocker:
+        controller.export(str(dense), False)
+    assert "same size as the dense model" in blocker.args[1]
+    with qtbot.waitSignal(controller.export_done, timeout=WAIT) as blocker:
+        controller.export(str(compact), False, compact=True)
+    assert blocker.args[0] == str(compact.resolve()) and "compact 2:4: 14 layers packed" in blocker.args[1]
+    assert list(compact.glob(f"*{SUFFIX}")) and not list(compact.glob("model.safetensors"))
+    unpack_folder(compact, unpacked)
+    expected, restored = _tensors(dense), _tensors(unpacked)
+    assert expected.keys() == restored.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(restored[name], tensor), name
+    assert json.loads((unpacked / "sparsity.json").read_text())["pruning"]["pattern"] == "2:4"
