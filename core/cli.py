@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -96,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--eval-windows", type=int, default=None, help="at most this many evaluation windows")
     prune.add_argument("--out", required=True, help="output folder")
     prune.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    prune.add_argument("--stream", action="store_true",
+                       help="read one decoder block at a time from a safetensors folder and write the export as it goes "
+                            "(for models larger than memory; --eval is not available: run `eval` on the output)")
+    prune.add_argument("--memory-budget", type=_parse_bytes, default=None, metavar="SIZE",
+                       help="spill calibration activations to disk beyond this size, e.g. 4GB")
     prune.add_argument("--compact", action="store_true",
                        help="with --pattern 2:4: store kept values + 2-bit positions (56%% of fp16 bytes)")
     prune.set_defaults(run=run_prune)
@@ -163,6 +169,19 @@ def _parse_overrides(items: list[str]) -> tuple[tuple[str, float], ...]:
     return tuple(parsed)
 
 
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def _parse_bytes(text: str) -> int:
+    """'4GB' -> 4e9, '512MiB' -> 512·2^20, '1000000' -> 1e6."""
+    match = _SIZE.match(text)
+    if not match or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive size: write e.g. 4GB, 512MB or 2GiB")
+    unit = (match.group(2) or "").lower().rstrip("b")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
 def _check_files(paths: list[str], what: str) -> None:
     for path in paths:
         if not Path(path).is_file():
@@ -188,6 +207,8 @@ def run_prune(args, progress) -> dict:
     _check_files(args.calib, "calibration")
     if args.eval:
         _check_files([args.eval], "evaluation")
+    if args.stream:
+        return _run_prune_streaming(args, plan, out, progress)
     started = time.perf_counter()
     loaded = _open(args, progress)
     seqlen = args.seqlen or default_seqlen(loaded.context_length)
@@ -199,7 +220,7 @@ def run_prune(args, progress) -> dict:
         windows = evaluation_windows(loaded.tokenizer, args.eval, seqlen, args.eval_windows, args.text_field)
         ppl_dense = perplexity(loaded.model, windows, device=args.device, on_event=progress)
         durations["eval_dense"] = ppl_dense.seconds
-    result = prune(loaded, calib, plan, on_event=progress)
+    result = prune(loaded, calib, plan, on_event=progress, memory_budget=args.memory_budget)
     durations["prune"] = result.seconds
     if windows is not None:
         ppl = perplexity(loaded.model, windows, device=args.device, on_event=progress)
@@ -214,6 +235,10 @@ def run_prune(args, progress) -> dict:
                   "ratio": summary.ratio}
     else:
         write_export(loaded, out, report, calib, overwrite=args.overwrite, on_event=progress)
+    return _prune_summary(plan, result, out, ppl_dense, ppl, stored)
+
+
+def _prune_summary(plan, result, out, ppl_dense=None, ppl=None, stored=None) -> dict:
     return {
         "method": plan.method, "pattern": str(plan.pattern), "target_sparsity": plan.sparsity,
         "sparsity": result.sparsity, "layers": len(result.layers),
@@ -221,6 +246,29 @@ def run_prune(args, progress) -> dict:
         "ppl_dense": ppl_dense.ppl if ppl_dense else None, "ppl": ppl.ppl if ppl else None,
         "out": str(out), "compact": stored,
     }
+
+
+def _run_prune_streaming(args, plan, out, progress) -> dict:
+    from .calibration import default_seqlen, load_calibration
+    from .demo import ensure_demo
+    from .streaming import open_streaming, prune_streaming
+
+    if args.eval:
+        raise UserError("--eval loads the whole model, which --stream avoids: drop --eval and run "
+                        f"`compression-studio eval {out} --data FILE` afterwards.")
+    if args.compact:
+        raise UserError("--compact is not available with --stream yet: prune with --stream, then compact the folder "
+                        "in memory, or drop --stream.")
+    folder = ensure_demo(on_event=progress) if args.model == "demo" else Path(args.model)
+    if not folder.is_dir():
+        raise UserError(f"{args.model}: --stream needs a model folder with safetensors weights (or 'demo').")
+    loaded = open_streaming(folder, trust_remote_code=args.trust_remote_code, on_event=progress)
+    seqlen = args.seqlen or default_seqlen(loaded.context_length)
+    calib = load_calibration(args.calib, loaded.tokenizer, nsamples=args.nsamples, seqlen=seqlen, seed=args.seed,
+                             text_field=args.text_field, on_event=progress)
+    result, path = prune_streaming(loaded, calib, plan, out, overwrite=args.overwrite, on_event=progress,
+                                   memory_budget=args.memory_budget)
+    return _prune_summary(plan, result, path)
 
 
 def run_eval(args, progress) -> dict:

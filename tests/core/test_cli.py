@@ -137,3 +137,35 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error:") and "Traceback" not in done.stderr
+
+
+def test_stream_writes_the_same_weights_as_the_in_memory_prune(tiny_model, texts, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    common = ["prune", str(tiny_model), "--calib", str(texts), "--nsamples", "4", "--seqlen", "64",
+              "--method", "sparsegpt", "--device", "cpu", "--json"]
+    assert _run(common + ["--out", str(tmp_path / "memory")], capsys)[0] == 0
+    code, stdout, _ = _run(common + ["--stream", "--memory-budget", "1KB", "--out", str(tmp_path / "stream")], capsys)
+    assert code == 0 and json.loads(stdout)["layers"] == 14
+
+    def tensors(folder):
+        found = {}
+        for file in sorted(folder.glob("*.safetensors")):
+            if file.name != "calibration.safetensors":
+                found.update(load_file(file))
+        return found
+
+    memory, stream = tensors(tmp_path / "memory"), tensors(tmp_path / "stream")
+    assert memory.keys() == stream.keys()
+    assert all(torch.equal(memory[k], stream[k]) for k in memory)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--stream", "--eval", "EVAL"], "run `compression-studio eval"),
+    (["--memory-budget", "lots"], "not a positive size"),
+])
+def test_streaming_options_refuse_what_they_cannot_do(extra, message, tiny_model, texts, tmp_path, capsys):
+    extra = [str(texts) if e == "EVAL" else e for e in extra]
+    code, _, err = _run(["prune", str(tiny_model), "--calib", str(texts), "--out", str(tmp_path / "o")] + extra, capsys)
+    assert code == 2 and message in _one_line_error(err)
+    assert not (tmp_path / "o").exists()
