@@ -14,8 +14,6 @@ hidden temporary folder and renamed into place at the end, with `sparsity.json` 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from .architectures import find_layout
 from .calibration import CalibrationSet, save_calibration
 from .errors import UserError
 from .events import CancelToken, EventSink, Phase, ignore
-from .export import CALIBRATION, REPORT, _jsonable, _replace, build_report, check_output
+from .export import CALIBRATION, atomic_folder, build_report, write_report
 from .models import LoadedModel
 from .pipeline import PruneResult, prune_blocks
 from .plan import PrunePlan
@@ -226,13 +224,11 @@ def _module_name(model: nn.Module, module: nn.Module | None) -> str | None:
 
 
 class StreamingExport:
-    """A block sink: an export folder that fills block by block, moved into place by `finish`."""
+    """A block sink: fills a (temporary) export folder block by block; `finish` adds the rest of the folder."""
 
-    def __init__(self, loaded: LoadedModel, reader: TensorReader, out: str | Path, overwrite: bool = False):
+    def __init__(self, loaded: LoadedModel, reader: TensorReader, folder: Path):
         self.loaded, self.reader = loaded, reader
-        self.out = check_output(out, overwrite)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent))
+        self.tmp = folder
         self.blocks_path = loaded.layout.blocks_path
         self.block_count = len(loaded.layout.blocks)
         self.weight_map: dict[str, str] = {}
@@ -265,7 +261,7 @@ class StreamingExport:
         if shard:
             self._save(shard, f"model-rest-{number:05d}.safetensors")
 
-    def finish(self, report: dict, calib: CalibrationSet | None) -> Path:
+    def finish(self, report: dict, calib: CalibrationSet | None) -> None:
         loaded = self.loaded
         index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(self.weight_map.items()))}
         (self.tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
@@ -276,12 +272,7 @@ class StreamingExport:
             loaded.tokenizer.save_pretrained(self.tmp)
         if calib is not None:
             save_calibration(calib, self.tmp / CALIBRATION)
-        (self.tmp / REPORT).write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
-        _replace(self.tmp, self.out)
-        return self.out
-
-    def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        write_report(self.tmp, report)
 
 
 def prune_streaming(
@@ -306,8 +297,8 @@ def prune_streaming(
         raise UserError("streaming needs a model folder with safetensors weights; this model was not opened from one.")
     started = time.perf_counter()
     reader = TensorReader(loaded.path)
-    export = StreamingExport(loaded, reader, out, overwrite)
-    try:
+    with atomic_folder(out, overwrite) as folder:
+        export = StreamingExport(loaded, reader, folder)
         on_event(Phase("export", 0, 2, "embeddings and head"))
         export.write_rest()
         result = prune_blocks(StreamedBlocks(loaded, reader), calib, plan, on_event, cancel, with_summaries,
@@ -315,9 +306,7 @@ def prune_streaming(
         on_event(Phase("export", 1, 2, "moving into place"))
         report = build_report(loaded, result, calib, durations={"prune": result.seconds,
                                                                  "total": time.perf_counter() - started})
-        path = export.finish(report, calib)
-    except BaseException:
-        export.abort()
-        raise
+        export.finish(report, calib)
+    path = Path(out).expanduser().resolve()
     on_event(Phase("export", 2, 2, str(path)))
     return result, path
