@@ -7,7 +7,7 @@ the very same input tensor (q, k, v; gate, up) share one computation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -21,6 +21,7 @@ class LayerStats:
     tokens: int = 0
     column_sq_norms: torch.Tensor | None = None   # [in], sum over tokens of X[:, j]^2
     xtx: torch.Tensor | None = None               # [in, in], sum over tokens of XᵀX
+    cache: dict = field(default_factory=dict, repr=False)  # what methods derive from these sums (SparseGPT's U)
 
     @property
     def column_norms(self) -> torch.Tensor:

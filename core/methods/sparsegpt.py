@@ -64,14 +64,8 @@ def prune(weight: torch.Tensor, stats, sparsity: float, pattern: Pattern, option
 
     options = options or Options()
     W = weight.float().clone(memory_format=torch.contiguous_format)  # GPT-2 Conv1D hands in a transposed view
-    H = stats.hessian.to(W.device, torch.float32)
-    if H is stats.xtx:           # never alter the caller's statistics; `hessian` is normally a fresh tensor
-        H = H.clone()
-    dead = H.diagonal() == 0
-    H[dead, dead] = 1            # columns that never saw a non-zero input: nothing to preserve
-    W[:, dead] = 0
-    U, damp_used, retries = inverse_hessian_factor(H, options.dampening, options.max_dampening)
-    del H
+    U, dead, damp_used, retries = _factor(stats, W.device, options)
+    W[:, dead] = 0               # columns that never saw a non-zero input: nothing to preserve
     u_diag = U.diagonal()
     score = weight.float().pow(2) / u_diag.pow(2).reshape(1, -1)
     mask = torch.zeros_like(W, dtype=torch.bool)
@@ -85,6 +79,21 @@ def prune(weight: torch.Tensor, stats, sparsity: float, pattern: Pattern, option
     if retries:
         notes["dampening_retries"] = retries
     return MethodResult(W, mask, score, notes)
+
+
+def _factor(stats, device, options: Options):
+    """U for this layer's Hessian, computed once per statistics object: layers fed the same input
+    (q/k/v, gate/up) share their statistics, hence their Hessian, hence U."""
+    key = ("sparsegpt", str(device), options.dampening, options.max_dampening)
+    if key not in stats.cache:
+        H = stats.hessian.to(device, torch.float32)
+        if H is stats.xtx:       # never alter the caller's statistics; `hessian` is normally a fresh tensor
+            H = H.clone()
+        dead = H.diagonal() == 0
+        H[dead, dead] = 1
+        U, damp_used, retries = inverse_hessian_factor(H, options.dampening, options.max_dampening)
+        stats.cache[key] = (U, dead, damp_used, retries)
+    return stats.cache[key]
 
 
 def _prune_block(W, U, mask, i1, i2, sparsity, pattern: Pattern, update: bool) -> torch.Tensor:

@@ -188,3 +188,17 @@ def test_a_transposed_weight_view_gives_the_same_result(method):
         expected = METHODS[method].prune(weight, stats, 0.5, pattern, sparsegpt.Options())
         actual = METHODS[method].prune(stored.t(), stats, 0.5, pattern, sparsegpt.Options())
         assert torch.equal(actual.mask, expected.mask) and torch.equal(actual.weight, expected.weight)
+
+
+def test_sparsegpt_factorises_a_shared_hessian_once_with_identical_results(monkeypatch):
+    """q/k/v share one statistics object: the second and third layer reuse U, and get what a fresh solve gives."""
+    _, stats, _ = layer_and_stats(seed=3)
+    weights = [torch.randn(OUT, IN, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    fresh = [METHODS["sparsegpt"].prune(w, LayerStats(stats.tokens, stats.column_sq_norms, stats.xtx.clone()),
+                                        0.5, UNSTRUCTURED, sparsegpt.Options()) for w in weights]
+    calls = []
+    original = sparsegpt.inverse_hessian_factor
+    monkeypatch.setattr(sparsegpt, "inverse_hessian_factor", lambda *a, **k: calls.append(1) or original(*a, **k))
+    shared = [METHODS["sparsegpt"].prune(w, stats, 0.5, UNSTRUCTURED, sparsegpt.Options()) for w in weights]
+    assert len(calls) == 1
+    assert all(torch.equal(a.weight, b.weight) and torch.equal(a.mask, b.mask) for a, b in zip(fresh, shared))
