@@ -202,3 +202,16 @@ def test_sparsegpt_factorises_a_shared_hessian_once_with_identical_results(monke
     shared = [METHODS["sparsegpt"].prune(w, stats, 0.5, UNSTRUCTURED, sparsegpt.Options()) for w in weights]
     assert len(calls) == 1
     assert all(torch.equal(a.weight, b.weight) and torch.equal(a.mask, b.mask) for a, b in zip(fresh, shared))
+
+
+@pytest.mark.parametrize("features", [7, 128, 300, 1536])
+def test_upper_gram_accumulation_equals_the_full_product(features):
+    from core.stats import add_upper_gram, symmetrize_upper
+
+    g = torch.Generator().manual_seed(features)
+    batches = [torch.randn(50, features, generator=g, dtype=torch.float64) for _ in range(3)]
+    acc = None
+    for x in batches:
+        acc = add_upper_gram(acc, x)
+    X = torch.cat(batches)
+    torch.testing.assert_close(symmetrize_upper(acc), X.t() @ X, rtol=1e-12, atol=1e-10)
