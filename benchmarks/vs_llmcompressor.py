@@ -175,7 +175,10 @@ def run_child(python: str, args: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt"], choices=["wanda", "sparsegpt"])
+    parser.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt"], choices=["magnitude", "wanda", "sparsegpt"],
+                        help="magnitude runs on this engine only (the baseline of issue 2's figures)")
+    parser.add_argument("--ours-only", action="store_true", help="skip llm-compressor (e.g. to re-measure this engine)")
+    parser.add_argument("--save", type=Path, help="also write every row as JSON here")
     parser.add_argument("--patterns", nargs="+", default=["unstructured", "2:4"])
     parser.add_argument("--nsamples", type=int, default=64)
     parser.add_argument("--seqlen", type=int, default=512)
@@ -193,7 +196,7 @@ def main() -> None:
     from safetensors.torch import save_file
     from transformers import AutoTokenizer
 
-    llmc_python = str(ensure_venv())
+    llmc_python = None if args.ours_only else str(ensure_venv())
     demo = ensure_demo()
     work = Path(tempfile.mkdtemp(prefix="cs-vs-llmc-", dir="/tmp"))
     ours = [sys.executable, __file__, "--child"]
@@ -216,14 +219,20 @@ def main() -> None:
             for pattern in args.patterns:
                 mine = run_child(sys.executable, [*ours[1:], "ours", str(work), method, pattern])
                 print(f"ours {method} {pattern}: {json.dumps(mine)}", flush=True)
-                weights = work / "llmc.safetensors"
-                theirs = run_child(llmc_python, [str(work / "llmc_child.py"), str(demo), str(work / "calibration.safetensors"),
-                                                 method, pattern, str(weights)])
-                theirs.update(run_child(sys.executable, [*ours[1:], "score", str(work), str(weights)]))
-                weights.unlink()
-                print(f"llm-compressor {method} {pattern}: {json.dumps(theirs)}", flush=True)
+                theirs = None
+                if not args.ours_only and method != "magnitude":
+                    weights = work / "llmc.safetensors"
+                    theirs = run_child(llmc_python, [str(work / "llmc_child.py"), str(demo),
+                                                     str(work / "calibration.safetensors"), method, pattern, str(weights)])
+                    theirs.update(run_child(sys.executable, [*ours[1:], "score", str(work), str(weights)]))
+                    weights.unlink()
+                    print(f"llm-compressor {method} {pattern}: {json.dumps(theirs)}", flush=True)
                 rows.append((method, pattern, mine, theirs))
         print_table(args, dense, floor, rows)
+        if args.save:
+            args.save.parent.mkdir(parents=True, exist_ok=True)
+            args.save.write_text(json.dumps({"dense": dense, "floor": floor, "rows": [
+                {"method": m, "pattern": p, "ours": a, "llm_compressor": b} for m, p, a, b in rows]}, indent=2) + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -236,9 +245,12 @@ def print_table(args, dense: dict, floor: dict, rows: list) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for method, pattern, mine, theirs in rows:
         for tool, run in (("this engine", mine), ("llm-compressor 0.14", theirs)):
+            if run is None:
+                continue
+            vs_time = f"{run['seconds'] / theirs['seconds']:.2f}" if theirs else "–"
+            vs_ppl = f"{(run['ppl'] / theirs['ppl'] - 1) * 100:+.1f}%" if theirs else "–"
             print(f"| {method} | {pattern} | {tool} | {run['seconds']:.1f} | {run['seconds'] / floor['seconds']:.2f} | "
-                  f"{run['seconds'] / theirs['seconds']:.2f} | {run['peak_rss_mib'] / 1024:.2f} | {run['ppl']:.2f} | "
-                  f"{(run['ppl'] / theirs['ppl'] - 1) * 100:+.1f}% |")
+                  f"{vs_time} | {run['peak_rss_mib'] / 1024:.2f} | {run['ppl']:.2f} | {vs_ppl} |")
 
 
 if __name__ == "__main__":
