@@ -28,7 +28,7 @@ from .calibration import CalibrationSet
 from .activations import ActivationBudget, ActivationStore, hidden_bytes
 from .capture import BlockCall, auto_batch_size, capture_first_block_inputs, move_outside_blocks, run_block
 from .events import BlockStarted, CancelToken, EventSink, Finished, LayerPruned, Message, Phase, ignore
-from .masks import follows_pattern
+from .masks import follows_pattern, sparsity_of
 from .methods import METHODS
 from .methods.sparsegpt import NotPositiveDefinite
 from .models import LoadedModel, check_window_length
@@ -370,7 +370,7 @@ def _prune_block(turn: _Turn, layout, plan, skipped, on_event, cancel, with_summ
     for name, (info, target, seconds, notes, summary) in pruned.items():
         layer = modules[name]
         error, tokens = errors.get(name, (None, 0))
-        result = LayerResult(info.full_name, index, info.shape, target, _sparsity(weight_matrix(layer)), error, tokens,
+        result = LayerResult(info.full_name, index, info.shape, target, sparsity_of(weight_matrix(layer)), error, tokens,
                              seconds, notes)
         results.append(result)
         on_event(LayerPruned(index, result, summary))
@@ -412,7 +412,3 @@ def _propagate(turn: _Turn, modules, targets, error_tokens, cancel):
         for handle in handles:
             handle.remove()
     return {name: (err / ref if ref > 0 else 0.0, seen) for name, (err, ref, seen) in sums.items()}
-
-
-def _sparsity(weight: torch.Tensor) -> float:
-    return float((weight == 0).sum()) / weight.numel()
