@@ -63,22 +63,23 @@ def prune(weight: torch.Tensor, stats, sparsity: float, pattern: Pattern, option
     from . import MethodResult
 
     options = options or Options()
-    W = weight.float().clone(memory_format=torch.contiguous_format)  # GPT-2 Conv1D hands in a transposed view
-    U, dead, damp_used, retries = _factor(stats, W.device, options)
-    W[:, dead] = 0               # columns that never saw a non-zero input: nothing to preserve
+    U, dead, damp_used, retries = _factor(stats, weight.device, options)
+    # The solve walks the columns one by one, so it works on Wᵀ: each column is a contiguous row.
+    Wt = weight.float().t().clone(memory_format=torch.contiguous_format)   # never the caller's tensor
+    Wt[dead] = 0                 # columns that never saw a non-zero input: nothing to preserve
     u_diag = U.diagonal()
     score = weight.float().pow(2) / u_diag.pow(2).reshape(1, -1)
-    mask = torch.zeros_like(W, dtype=torch.bool)
-    rows, columns = W.shape
+    pruned_t = torch.zeros_like(Wt, dtype=torch.bool)
+    columns = Wt.shape[0]
     for i1 in range(0, columns, options.blocksize):
         i2 = min(i1 + options.blocksize, columns)
-        block_error = _prune_block(W, U, mask, i1, i2, sparsity, pattern, options.update_weights)
+        block_error = _prune_block(Wt, U, pruned_t, i1, i2, sparsity, pattern, options.update_weights)
         if options.update_weights and i2 < columns:
-            W[:, i2:] -= block_error @ U[i1:i2, i2:]
+            Wt[i2:] -= U[i1:i2, i2:].t() @ block_error
     notes = {"dampening": damp_used}
     if retries:
         notes["dampening_retries"] = retries
-    return MethodResult(W, mask, score, notes)
+    return MethodResult(Wt.t().contiguous(), pruned_t.t().contiguous(), score, notes)
 
 
 def _factor(stats, device, options: Options):
@@ -96,28 +97,35 @@ def _factor(stats, device, options: Options):
     return stats.cache[key]
 
 
-def _prune_block(W, U, mask, i1, i2, sparsity, pattern: Pattern, update: bool) -> torch.Tensor:
-    """Prune columns i1:i2 of W in place (mask too); return the block's scaled errors for the lazy update."""
-    W1 = W[:, i1:i2].clone()
+def _prune_block(Wt, U, pruned_t, i1, i2, sparsity, pattern: Pattern, update: bool) -> torch.Tensor:
+    """Prune columns i1:i2 (rows i1:i2 of Wt, and of the mask) in place; return the block's scaled errors
+    [columns, rows] for the lazy update.
+
+    Column i's error is w·[pruned]/U_ii; subtracting error ⊗ U[i, i:] from the block's remaining columns
+    is the OBS update, and it also takes column i's pruned weights to zero (they are set exactly after).
+    Two operations per column: the loop is bound by per-operation overhead, not arithmetic.
+    """
+    W1 = Wt[i1:i2]
     U1 = U[i1:i2, i1:i2]
-    d = U1.diagonal()
-    mask1 = torch.zeros_like(W1, dtype=torch.bool)
-    if not pattern.structured:
-        block_score = W1.pow(2) / d.pow(2).reshape(1, -1)
-        mask1 = lowest_k(block_score.flatten(), int(block_score.numel() * sparsity)).view_as(block_score)
-    errors = torch.zeros_like(W1)
+    d = U1.diagonal().reshape(-1, 1)
+    if pattern.structured:
+        pruned = torch.zeros_like(W1, dtype=torch.bool)
+        error_scale = torch.empty_like(W1)
+    else:
+        block_score = W1.pow(2) / d.pow(2)
+        pruned = lowest_k(block_score.flatten(), int(block_score.numel() * sparsity)).view_as(block_score)
+        error_scale = pruned.to(W1.dtype).div_(d)
+    errors = torch.empty_like(W1)
+    m, n = pattern.m, pattern.n
     for i in range(i2 - i1):
-        if pattern.structured and i % pattern.m == 0:
-            group = W1[:, i:i + pattern.m].pow(2) / d[i:i + pattern.m].pow(2).reshape(1, -1)
-            drop = torch.topk(group, pattern.m - pattern.n, dim=1, largest=False).indices
-            mask1.scatter_(1, i + drop, True)
-        w = W1[:, i]
-        q = w.masked_fill(mask1[:, i], 0)
-        err = (w - q) / d[i]
+        if pattern.structured and i % m == 0:
+            group = W1[i:i + m].pow(2).div_(d[i:i + m].pow(2))
+            drop = torch.topk(group, m - n, dim=0, largest=False).indices
+            pruned[i:i + m].scatter_(0, drop, True)
+            torch.div(pruned[i:i + m].to(W1.dtype), d[i:i + m], out=error_scale[i:i + m])
+        error = torch.mul(W1[i], error_scale[i], out=errors[i])
         if update:
-            W1[:, i:] -= err.unsqueeze(1) @ U1[i, i:].unsqueeze(0)
-        W1[:, i] = q
-        errors[:, i] = err
-    W[:, i1:i2] = W1
-    mask[:, i1:i2] = mask1
+            W1[i:].addr_(U1[i, i:], error, alpha=-1)
+    W1.masked_fill_(pruned, 0)
+    pruned_t[i1:i2] = pruned
     return errors
