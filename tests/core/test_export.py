@@ -22,7 +22,7 @@ def pruned(tiny_llama_folder):
     calib = tiny_calibration(loaded.tokenizer, nsamples=6, seqlen=20, seed=4)
     windows = calib.input_ids[:2]
     dense = perplexity(loaded.model, windows, device="cpu")
-    result = pipeline.prune(loaded, calib, PrunePlan.build(method="wanda", sparsity=0.5,
+    result = pipeline.prune(loaded, calib, PrunePlan.build(method="wanda", sparsity=0.5, device="cpu",
                                                            ignore=("model.layers.1.mlp.down_proj",)))
     ppl = perplexity(loaded.model, windows, device="cpu")
     report = build_report(loaded, result, calib, dense, ppl, {"prune": result.seconds})

@@ -46,7 +46,7 @@ def test_each_block_is_fed_the_outputs_of_the_already_pruned_block_before(loaded
 
     handles = [blocks[i].register_forward_pre_hook(recorder(i), with_kwargs=True) for i in (0, 1)]
     try:
-        pipeline.prune(loaded, calib, PrunePlan.build(method=method, sparsity=0.5, batch_size=4))
+        pipeline.prune(loaded, calib, PrunePlan.build(method=method, sparsity=0.5, batch_size=4, device="cpu"))
     finally:
         for handle in handles:
             handle.remove()
@@ -69,7 +69,7 @@ def test_each_block_is_fed_the_outputs_of_the_already_pruned_block_before(loaded
 
 
 def test_results_report_the_achieved_sparsity_of_every_layer(loaded, calib):
-    result = pipeline.prune(loaded, calib, PrunePlan.build(method="sparsegpt", sparsity=0.5, error_tokens=50))
+    result = pipeline.prune(loaded, calib, PrunePlan.build(method="sparsegpt", sparsity=0.5, error_tokens=50, device="cpu"))
     inventory = [info for block in loaded.layout.inventory for info in block.linears]
     assert [r.name for r in result.layers] == [info.full_name for info in inventory]
     modules = dict(loaded.model.named_modules())

@@ -195,7 +195,7 @@ def test_half_model_computes_in_float32_on_the_cpu_but_activations_stay_half(tmp
     block = loaded.layout.blocks[1]
     handle = block.register_forward_pre_hook(lambda module, args: seen.append((args[0].dtype, module.mlp.up_proj.weight.dtype)))
     try:
-        prune(loaded, calibration(), PrunePlan.build(method="wanda"))
+        prune(loaded, calibration(), PrunePlan.build(method="wanda", device="cpu"))
     finally:
         handle.remove()
     assert set(seen) == {(torch.float32, torch.float32)}
