@@ -681,7 +681,9 @@ def _run_variant(model, linears, variant, prompt, options, device, dtype, capabi
                 return base
         base.converted_layers = len(swapped)
         base.weight_bytes = sum(_layer_bytes(model.get_submodule(n)) for n in linears)
-        _generate(model, prompt[:, : min(16, prompt.shape[1])], 3, device)          # warm-up: kernels, handles
+        # Warm-up over the same lengths as the measured run: on a GPU, each new KV-cache length can pick
+        # (and lazily load) new kernels, and a short warm-up left the first variant measured 3-20x slow.
+        _generate(model, prompt, options.new_tokens, device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
