@@ -54,7 +54,8 @@ def printer(started: float):
         now = time.perf_counter() - started
         if isinstance(event, bench.KernelMeasured):
             r = event.result
-            timing = f"{r.median_ms:.4f} ms x{r.speedup:.2f} err {r.rel_error:.1e}" if r.status == "ok" else r.reason
+            speedup = "" if r.speedup is None else f" x{r.speedup:.2f}"      # None: its dense case could not run
+            timing = f"{r.median_ms:.4f} ms{speedup} err {r.rel_error:.1e}" if r.status == "ok" else r.reason
             print(f"[{now:6.1f}s] {r.shape[0]}x{r.shape[1]} t={r.tokens:<5} {r.dtype:<4} {r.backend:<11} {r.status:<7} "
                   f"{timing}", file=sys.stderr, flush=True)
         elif isinstance(event, bench.EndToEndMeasured):

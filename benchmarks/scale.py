@@ -39,7 +39,7 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def write_random_llama(folder: Path, layers: int, seed: int = 0) -> tuple[int, int]:
+def write_random_llama(folder: Path, layers: int, seed: int = 0, tokenizer_dir: str | None = None) -> tuple[int, int]:
     """A random float16 Llama written block by block (one shard per block), never whole in memory."""
     import torch
     from accelerate import init_empty_weights
@@ -48,7 +48,7 @@ def write_random_llama(folder: Path, layers: int, seed: int = 0) -> tuple[int, i
 
     from core.demo import ensure_demo
 
-    tokenizer = AutoTokenizer.from_pretrained(ensure_demo())
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or ensure_demo())
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=2048, intermediate_size=5632, num_hidden_layers=layers,
                          num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048,
                          tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
@@ -80,7 +80,7 @@ def write_random_llama(folder: Path, layers: int, seed: int = 0) -> tuple[int, i
     return parameters, total
 
 
-def child(method: str, folder: str, calib_file: str, out: str, compute_dtype: str) -> None:
+def child(method: str, folder: str, calib_file: str, out: str, compute_dtype: str, device: str) -> None:
     """One pruning run in its own process; prints one JSON line."""
     import torch
 
@@ -92,9 +92,11 @@ def child(method: str, folder: str, calib_file: str, out: str, compute_dtype: st
     baseline = peak_rss_mib()
     ids = load_saved_calibration(Path(calib_file))
     started = time.perf_counter()
-    result, path = prune_streaming(folder, CalibrationSet(ids, [], 0), PrunePlan.build(method=method, device="cpu"),
+    result, path = prune_streaming(folder, CalibrationSet(ids, [], 0), PrunePlan.build(method=method, device=device),
                                    out, compute_dtype=getattr(torch, compute_dtype))
+    gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0
     print(json.dumps({"method": method, "seconds": time.perf_counter() - started, "peak_rss_mib": peak_rss_mib(),
+                      "peak_gpu_mib": gpu,
                       "rss_after_imports_mib": baseline, "sparsity": result.sparsity, "layers": len(result.layers),
                       "export_gb": sum(f.stat().st_size for f in Path(path).iterdir()) / 1e9}))
 
@@ -106,10 +108,13 @@ def main() -> None:
     parser.add_argument("--nsamples", type=int, default=16)
     parser.add_argument("--seqlen", type=int, default=256)
     parser.add_argument("--compute-dtype", default="float32", choices=["float32", "float16"])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the demo model's)")
+    parser.add_argument("--calib-text", default=str(CALIB_TEXT), help="calibration text (WikiText-2 valid)")
     parser.add_argument("--child", nargs=4, metavar=("METHOD", "MODEL", "CALIB", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return child(*args.child, compute_dtype=args.compute_dtype)
+        return child(*args.child, compute_dtype=args.compute_dtype, device=args.device)
 
     from transformers import AutoTokenizer
 
@@ -120,16 +125,17 @@ def main() -> None:
         model = work / "model"
         model.mkdir()
         tic = time.perf_counter()
-        parameters, size = write_random_llama(model, args.layers)
+        parameters, size = write_random_llama(model, args.layers, tokenizer_dir=args.tokenizer)
         print(f"wrote a random Llama: {parameters / 1e9:.2f}B parameters, {size / 1e9:.2f} GB float16, "
               f"{args.layers} blocks, in {time.perf_counter() - tic:.0f} s", flush=True)
-        calib = load_calibration([CALIB_TEXT], AutoTokenizer.from_pretrained(model), nsamples=args.nsamples,
+        calib = load_calibration([args.calib_text], AutoTokenizer.from_pretrained(model), nsamples=args.nsamples,
                                  seqlen=args.seqlen, seed=0)
         save_calibration(calib, work / "calibration.safetensors")
         rows = []
         for method in args.methods:
             out = work / f"pruned-{method}"
-            run = subprocess.run([sys.executable, __file__, "--compute-dtype", args.compute_dtype, "--child", method,
+            run = subprocess.run([sys.executable, __file__, "--compute-dtype", args.compute_dtype, "--device", args.device,
+                                  "--child", method,
                                   str(model), str(work / "calibration.safetensors"), str(out)],
                                  capture_output=True, text=True, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
             if run.returncode:
@@ -138,13 +144,13 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
             shutil.rmtree(out)
         print(f"\nstreaming prune of a {parameters / 1e9:.2f}B-parameter Llama ({size / 1e9:.2f} GB float16), "
-              f"calibration {args.nsamples} × {args.seqlen} tokens of WikiText-2 valid, CPU, "
+              f"calibration {args.nsamples} × {args.seqlen} tokens of WikiText-2 valid, device {args.device}, "
               f"{os.cpu_count()} threads, compute {args.compute_dtype}\n")
-        print("| method | wall time (s) | peak RSS (GB) | RSS after imports (GB) | sparsity |")
-        print("|---|---|---|---|---|")
+        print("| method | wall time (s) | peak RSS (GB) | RSS after imports (GB) | peak GPU (GB) | sparsity |")
+        print("|---|---|---|---|---|---|")
         for row in rows:
             print(f"| {row['method']} | {row['seconds']:.0f} | {row['peak_rss_mib'] / 1024:.2f} | "
-                  f"{row['rss_after_imports_mib'] / 1024:.2f} | {row['sparsity']:.3f} |")
+                  f"{row['rss_after_imports_mib'] / 1024:.2f} | {row['peak_gpu_mib'] / 1024:.2f} | {row['sparsity']:.3f} |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
