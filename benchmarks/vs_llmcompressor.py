@@ -12,6 +12,7 @@ WikiText-2 test windows. Wall times are of the pruning call alone (model loading
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/vs_llmcompressor.py                  # the full table (~40+ min on 2 cores)
     .venv/bin/python benchmarks/vs_llmcompressor.py --nsamples 4 --seqlen 128 --eval-windows 2 --methods wanda --patterns unstructured
+    .venv/bin/python benchmarks/vs_llmcompressor.py --methods sparsegpt --patterns 2:4 --seeds 0 1 2   # perplexity spread over seeds
 """
 
 from __future__ import annotations
@@ -183,6 +184,8 @@ def main() -> None:
     parser.add_argument("--nsamples", type=int, default=64)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--eval-windows", type=int, default=40)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="calibration seeds: each draws its own windows, and both tools run on each")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -202,55 +205,80 @@ def main() -> None:
     ours = [sys.executable, __file__, "--child"]
     try:
         tokenizer = AutoTokenizer.from_pretrained(demo)
-        calib = load_calibration([DATA / "wiki.valid.raw"], tokenizer, nsamples=args.nsamples, seqlen=args.seqlen, seed=0)
-        save_calibration(calib, work / "calibration.safetensors")
         windows = evaluation_windows(tokenizer, DATA / "wiki.test.raw", args.seqlen, args.eval_windows)
         save_file({"input_ids": windows.contiguous()}, str(work / "eval.safetensors"))
         (work / "llmc_child.py").write_text(LLMC_CHILD)
-        print(f"calibration {args.nsamples} × {args.seqlen} tokens of wiki.valid.raw (seed 0), "
+        print(f"calibration {args.nsamples} × {args.seqlen} tokens of wiki.valid.raw (seeds {args.seeds}), "
               f"evaluation {windows.shape[0]} × {args.seqlen} of wiki.test.raw, {os.cpu_count()} CPU cores", flush=True)
 
+        def draw(seed: int) -> None:    # every child reads the windows of the seed being run
+            calib = load_calibration([DATA / "wiki.valid.raw"], tokenizer, nsamples=args.nsamples, seqlen=args.seqlen,
+                                     seed=seed)
+            save_calibration(calib, work / "calibration.safetensors")
+
+        draw(args.seeds[0])
         dense = run_child(sys.executable, [*ours[1:], "dense", str(work)])
         print(f"dense perplexity {dense['ppl']:.2f}", flush=True)
         floor = run_child(sys.executable, [*ours[1:], "floor", str(work)])
         print(f"floor (two forward passes through the blocks) {floor['seconds']:.1f} s", flush=True)
         rows = []
-        for method in args.methods:
-            for pattern in args.patterns:
-                mine = run_child(sys.executable, [*ours[1:], "ours", str(work), method, pattern])
-                print(f"ours {method} {pattern}: {json.dumps(mine)}", flush=True)
-                theirs = None
-                if not args.ours_only and method != "magnitude":
-                    weights = work / "llmc.safetensors"
-                    theirs = run_child(llmc_python, [str(work / "llmc_child.py"), str(demo),
-                                                     str(work / "calibration.safetensors"), method, pattern, str(weights)])
-                    theirs.update(run_child(sys.executable, [*ours[1:], "score", str(work), str(weights)]))
-                    weights.unlink()
-                    print(f"llm-compressor {method} {pattern}: {json.dumps(theirs)}", flush=True)
-                rows.append((method, pattern, mine, theirs))
+        for seed in args.seeds:
+            draw(seed)
+            for method in args.methods:
+                for pattern in args.patterns:
+                    mine = run_child(sys.executable, [*ours[1:], "ours", str(work), method, pattern])
+                    print(f"seed {seed} ours {method} {pattern}: {json.dumps(mine)}", flush=True)
+                    theirs = None
+                    if not args.ours_only and method != "magnitude":
+                        weights = work / "llmc.safetensors"
+                        theirs = run_child(llmc_python, [str(work / "llmc_child.py"), str(demo),
+                                                         str(work / "calibration.safetensors"), method, pattern, str(weights)])
+                        theirs.update(run_child(sys.executable, [*ours[1:], "score", str(work), str(weights)]))
+                        weights.unlink()
+                        print(f"seed {seed} llm-compressor {method} {pattern}: {json.dumps(theirs)}", flush=True)
+                    rows.append((seed, method, pattern, mine, theirs))
         print_table(args, dense, floor, rows)
         if args.save:
             args.save.parent.mkdir(parents=True, exist_ok=True)
             args.save.write_text(json.dumps({"dense": dense, "floor": floor, "rows": [
-                {"method": m, "pattern": p, "ours": a, "llm_compressor": b} for m, p, a, b in rows]}, indent=2) + "\n")
+                {"seed": seed, "method": m, "pattern": p, "ours": a, "llm_compressor": b}
+                for seed, m, p, a, b in rows]}, indent=2) + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def print_table(args, dense: dict, floor: dict, rows: list) -> None:
-    print(f"\nSmolLM2-135M (demo), CPU, calibration {args.nsamples} × {args.seqlen} (WikiText-2 valid, seed 0), "
+    print(f"\nSmolLM2-135M (demo), CPU, calibration {args.nsamples} × {args.seqlen} (WikiText-2 valid, seeds {args.seeds}), "
           f"perplexity on {args.eval_windows} × {args.seqlen} of WikiText-2 test. Dense perplexity {dense['ppl']:.2f}; "
           f"floor (two forward passes through the blocks) {floor['seconds']:.1f} s, peak RSS {floor['peak_rss_mib'] / 1024:.2f} GB.\n")
-    print("| method | pattern | tool | wall time (s) | × floor | × llm-compressor | peak RSS (GB) | perplexity | ppl vs llm-compressor |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for method, pattern, mine, theirs in rows:
+    print("| seed | method | pattern | tool | wall time (s) | × floor | × llm-compressor | peak RSS (GB) | perplexity | ppl vs llm-compressor |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for seed, method, pattern, mine, theirs in rows:
         for tool, run in (("this engine", mine), ("llm-compressor 0.14", theirs)):
             if run is None:
                 continue
             vs_time = f"{run['seconds'] / theirs['seconds']:.2f}" if theirs else "–"
             vs_ppl = f"{(run['ppl'] / theirs['ppl'] - 1) * 100:+.1f}%" if theirs else "–"
-            print(f"| {method} | {pattern} | {tool} | {run['seconds']:.1f} | {run['seconds'] / floor['seconds']:.2f} | "
+            print(f"| {seed} | {method} | {pattern} | {tool} | {run['seconds']:.1f} | {run['seconds'] / floor['seconds']:.2f} | "
                   f"{vs_time} | {run['peak_rss_mib'] / 1024:.2f} | {run['ppl']:.2f} | {vs_ppl} |")
+    if len(args.seeds) > 1:
+        print_seed_summary(rows)
+
+
+def print_seed_summary(rows: list) -> None:
+    """Per method and pattern, over the seeds: each tool's perplexity range, and ours over theirs."""
+    import statistics
+
+    print("\n| method | pattern | this engine ppl (min–max) | llm-compressor ppl (min–max) | ours / theirs per seed | mean |")
+    print("|---|---|---|---|---|---|")
+    for method, pattern in dict.fromkeys((m, p) for _, m, p, _, _ in rows):
+        pairs = [(a["ppl"], b["ppl"] if b else None) for _, m, p, a, b in rows if (m, p) == (method, pattern)]
+        ours = [a for a, _ in pairs]
+        theirs = [b for _, b in pairs if b is not None]
+        ratios = [(a / b - 1) * 100 for a, b in pairs if b is not None]
+        span = lambda v: f"{statistics.mean(v):.2f} ({min(v):.2f}–{max(v):.2f})" if v else "–"
+        print(f"| {method} | {pattern} | {span(ours)} | {span(theirs)} | "
+              f"{', '.join(f'{r:+.1f}%' for r in ratios) or '–'} | {f'{statistics.mean(ratios):+.1f}%' if ratios else '–'} |")
 
 
 if __name__ == "__main__":
