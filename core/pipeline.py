@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import Mapping, Protocol
 
 import torch
 from torch import nn
@@ -34,6 +34,7 @@ from .methods.sparsegpt import NotPositiveDefinite
 from .models import LoadedModel, check_window_length
 from .placement import block_devices
 from .plan import PrunePlan, resolve_device
+from .stash import WeightStash
 from .stats import HESSIAN, StatsCollector, StopBlock
 
 
@@ -93,7 +94,7 @@ class BlockSource(Protocol):
     def prepare(self, device: torch.device) -> None: ...            # what runs before block 0, on `device`
     def release_outside(self) -> None: ...                            # ... no longer needed once captured
     def remember(self, full_name: str, layer: nn.Module) -> None: ...  # before a layer is changed
-    def dense_weight(self, full_name: str) -> torch.Tensor: ...        # its weight before, stored like `layer.weight`
+    def dense_matrix(self, full_name: str, layer: nn.Module) -> torch.Tensor: ...  # its weight before, [out, in]
     def restore(self) -> None: ...                                    # undo every change (cancel, error)
     def load(self, index: int, device: torch.device, dtype: torch.dtype) -> nn.Module: ...
     def unload(self, index: int, block: nn.Module) -> None: ...
@@ -105,27 +106,39 @@ class BlockSink(Protocol):
 
 
 class InMemoryBlocks:
-    """The blocks of a loaded model, pruned in place: each visits the compute device (and compute dtype) for its turn."""
+    """The blocks of a loaded model, pruned in place: each visits the compute device (and compute dtype) for its turn.
+
+    The weights before the run, for the error probe and for a cancel, come from `dense` (full name ->
+    [out, in] matrix) where the caller already holds them (the studio's snapshot), else from a stash
+    on disk (`core.stash`): a copy in memory would cost as much as the linear layers themselves.
+    """
 
     restores = True
 
-    def __init__(self, loaded: LoadedModel):
+    def __init__(self, loaded: LoadedModel, dense: Mapping[str, torch.Tensor] | None = None):
         self.model, self.layout = loaded.model, loaded.layout
         self.home = next(self.model.parameters()).device
         self.storage_dtype = next(self.layout.blocks.parameters()).dtype
         self._dtypes: dict[int, dict[str, torch.dtype]] = {}
-        self._originals: dict[str, tuple[nn.Module, torch.Tensor]] = {}
+        self._dense = dense or {}
+        self._changed: dict[str, nn.Module] = {}
+        self._stash = WeightStash()
 
     def remember(self, full_name, layer):
-        self._originals[full_name] = (layer, layer.weight.detach().to("cpu", self.storage_dtype, copy=True))
+        self._changed[full_name] = layer
+        given = self._dense.get(full_name)
+        if given is None or tuple(given.shape) != tuple(weight_matrix(layer).shape):
+            self._stash.put(full_name, layer.weight.detach().to("cpu", self.storage_dtype))
 
-    def dense_weight(self, full_name):
-        return self._originals[full_name][1]
+    def dense_matrix(self, full_name, layer):
+        if full_name in self._stash:
+            return weight_matrix(layer, self._stash.get(full_name))
+        return self._dense[full_name]
 
     def restore(self):
         with torch.no_grad():
-            for layer, weight in self._originals.values():
-                layer.weight.data.copy_(weight.to(layer.weight.device))
+            for name, layer in self._changed.items():
+                set_weight_matrix(layer, self.dense_matrix(name, layer).to(layer.weight.device, layer.weight.dtype))
 
     def prepare(self, device):
         move_outside_blocks(self.model, self.layout.blocks, device)
@@ -150,6 +163,7 @@ class InMemoryBlocks:
         for block in self.layout.blocks:
             block.to(self.home)
         move_outside_blocks(self.model, self.layout.blocks, self.home)
+        self._stash.close()
 
 
 def _place(block: nn.Module, device, dtype_of) -> None:
@@ -177,9 +191,13 @@ def prune(
     *,
     memory_budget: int | None = None,
     compute_dtype: torch.dtype | None = None,
+    dense: Mapping[str, torch.Tensor] | None = None,
 ) -> PruneResult:
-    """Prune `loaded.model` in place; on cancel (`Cancelled`) or any error every weight is restored."""
-    return prune_blocks(InMemoryBlocks(loaded), calib, plan, on_event, cancel, with_summaries,
+    """Prune `loaded.model` in place; on cancel (`Cancelled`) or any error every weight is restored.
+
+    `dense`: the current weights as [out, in] matrices by full layer name, when the caller already keeps
+    a copy (it must equal the model's weights); the run then keeps none of its own."""
+    return prune_blocks(InMemoryBlocks(loaded, dense), calib, plan, on_event, cancel, with_summaries,
                         memory_budget=memory_budget, compute_dtype=compute_dtype)
 
 
@@ -386,7 +404,7 @@ def _propagate(turn: _Turn, modules, targets, error_tokens, cancel):
 
     def delta(name):    # made per call, not kept: a block's worth of float32 deltas is as big as the block
         layer = modules[name]
-        dense = weight_matrix(layer, turn.source.dense_weight(targets[name][0].full_name)).to(layer.weight.device, layer.weight.dtype)
+        dense = turn.source.dense_matrix(targets[name][0].full_name, layer).to(layer.weight.device, layer.weight.dtype)
         return (dense - weight_matrix(layer)).t().float()
 
     def probe(name):

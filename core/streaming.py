@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .architectures import find_layout
+from .architectures import find_layout, weight_matrix
 from .calibration import CalibrationSet, save_calibration
 from .errors import UserError
 from .events import CancelToken, EventSink, Phase, ignore
@@ -183,8 +183,8 @@ class StreamedBlocks:
     def remember(self, full_name, layer):
         """Nothing to keep: the dense weights stay in the source files."""
 
-    def dense_weight(self, full_name):
-        return self.reader.get(full_name + ".weight")
+    def dense_matrix(self, full_name, layer):
+        return weight_matrix(layer, self.reader.get(full_name + ".weight"))
 
     def restore(self):
         """Nothing to undo: the source files are only read, the export is removed by its writer."""

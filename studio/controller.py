@@ -175,7 +175,8 @@ class Controller(QObject):
                 self.dense = session.WeightSnapshot(loaded)
             else:
                 self.dense.restore(loaded)       # every run starts from the dense model
-            result = prune(loaded, calib, plan, on_event, cancel, with_summaries=True)
+            # The snapshot holds the weights the run starts from: the pipeline keeps no copy of its own.
+            result = prune(loaded, calib, plan, on_event, cancel, with_summaries=True, dense=self.dense.weights)
             masks = session.pack_masks(loaded, [layer.name for layer in result.layers])
             return session.RunRecord(number, plan.method, str(plan.pattern), plan.sparsity, result.sparsity,
                                      result.seconds, result, {}, masks)

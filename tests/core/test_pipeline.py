@@ -5,7 +5,7 @@ import torch
 
 from core import pipeline
 from core.architectures import weight_matrix
-from core.events import BlockStarted, Cancelled, CancelToken, Finished, LayerPruned, Message, Recorder
+from core.events import BlockStarted, Cancelled, CancelToken, Finished, LayerPruned, Message, Phase, Recorder
 from core.methods import METHODS, Method
 from core.models import open_model
 from core.plan import PrunePlan
@@ -210,3 +210,54 @@ def test_pruning_on_cuda_matches_the_cpu_and_leaves_the_model_on_the_cpu(tiny_ll
     for k in cpu_state:
         both_kept = (cpu_state[k] != 0) & (cuda_state[k] != 0)
         torch.testing.assert_close(cuda_state[k][both_kept], cpu_state[k][both_kept], rtol=1e-3, atol=1e-3, msg=k)
+
+
+def test_the_weights_before_the_run_wait_on_disk_and_the_folder_goes_when_the_run_ends(loaded, calib, monkeypatch):
+    from core import stash
+
+    folders = []
+    real_put = stash.WeightStash.put
+
+    def put(self, name, tensor):
+        real_put(self, name, tensor)
+        folders.append(self._folder)
+        assert torch.equal(self.get(name), tensor)             # what comes back is what went in
+    monkeypatch.setattr(stash.WeightStash, "put", put)
+    dense = snapshot(loaded.model)
+    token = CancelToken()
+    with pytest.raises(Cancelled):
+        pipeline.prune(loaded, calib, PrunePlan.build(method="sparsegpt", sparsity=0.5, device="cpu"), cancel=token,
+                       on_event=lambda e: token.cancel() if isinstance(e, BlockStarted) and e.index == 1 else None)
+    assert len(folders) == 7 and len(set(folders)) == 1         # block 0's seven layers, in one folder
+    assert not folders[0].exists()
+    assert_same_weights(loaded.model, dense)                    # restored from the disk copies, bit for bit
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])          # gpt2: Conv1D stores [in, out]
+def test_weights_the_caller_already_holds_replace_the_disk_copies(tmp_path, monkeypatch, family):
+    from core import stash
+
+    folder = tiny_model_folder(family, tmp_path / family)
+    plan = PrunePlan.build(method="sparsegpt", sparsity=0.5, device="cpu")
+    reference = open_model(folder)
+    calib = tiny_calibration(reference.tokenizer, nsamples=6, seqlen=24)
+    expected = pipeline.prune(reference, calib, plan)
+
+    monkeypatch.setattr(stash.WeightStash, "put", lambda *a: pytest.fail("the stash was used"))
+    loaded = open_model(folder)
+    before = snapshot(loaded.model)
+    held = {info.full_name: weight_matrix(loaded.model.get_submodule(info.full_name)).detach().clone()
+            for block in loaded.layout.inventory for info in block.linears}
+    result = pipeline.prune(loaded, calib, plan, dense=held)
+    assert [r.error for r in result.layers] == [r.error for r in expected.layers]     # the probe saw the same dense weights
+    for name, tensor in reference.model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor), name
+
+    loaded.model.load_state_dict(before)
+    token = CancelToken()
+    block_1 = {info.full_name for info in loaded.layout.inventory[1].linears}
+    with pytest.raises(Cancelled):
+        pipeline.prune(loaded, calib, plan, dense=held, cancel=token,
+                       on_event=lambda e: token.cancel() if isinstance(e, Phase) and e.name == "prune" and e.done == 2
+                       and e.detail in block_1 else None)               # mid block 1: two of its layers pruned
+    assert_same_weights(loaded.model, before)
