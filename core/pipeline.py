@@ -354,6 +354,8 @@ def _prune_block(turn: _Turn, layout, plan, skipped, on_event, cancel, with_summ
                 collector.stop_after_last()
         finally:
             stats = collector.close()
+        for layer_stats in stats.values():
+            layer_stats.disposable = True     # ours alone: a method may consume them (SparseGPT's H, in place)
         _return_freed_memory()
     pruned = {}
     for i, (name, (info, target)) in enumerate(targets.items()):

@@ -22,6 +22,7 @@ class LayerStats:
     column_sq_norms: torch.Tensor | None = None   # [in], sum over tokens of X[:, j]^2
     xtx: torch.Tensor | None = None               # [in, in], sum over tokens of XᵀX
     cache: dict = field(default_factory=dict, repr=False)  # what methods derive from these sums (SparseGPT's U)
+    disposable: bool = False   # the owner allows a method to consume `xtx` in place once it has what it needs
 
     @property
     def column_norms(self) -> torch.Tensor:

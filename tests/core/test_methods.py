@@ -215,3 +215,20 @@ def test_upper_gram_accumulation_equals_the_full_product(features):
         acc = add_upper_gram(acc, x)
     X = torch.cat(batches)
     torch.testing.assert_close(symmetrize_upper(acc), X.t() @ X, rtol=1e-12, atol=1e-10)
+
+
+def test_sparsegpt_may_consume_disposable_statistics_with_bit_identical_results():
+    """The pipeline lets SparseGPT turn its own XᵀX into H in place; the caller's statistics stay untouched."""
+    import dataclasses
+
+    weight, stats, _ = layer_and_stats(seed=5)
+    xtx_before = stats.xtx.clone()
+    for pattern in (UNSTRUCTURED, Pattern(2, 4)):
+        kept = dataclasses.replace(stats, xtx=stats.xtx.clone(), cache={})
+        consumed = dataclasses.replace(stats, xtx=stats.xtx.clone(), cache={}, disposable=True)
+        expected = sparsegpt.prune(weight, kept, 0.5, pattern)
+        actual = sparsegpt.prune(weight, consumed, 0.5, pattern)
+        assert torch.equal(actual.weight, expected.weight) and torch.equal(actual.mask, expected.mask)
+        assert consumed.xtx is None and torch.equal(kept.xtx, xtx_before)
+        again = sparsegpt.prune(weight, consumed, 0.5, pattern)     # a layer sharing them: U comes from the cache
+        assert torch.equal(again.weight, expected.weight)
