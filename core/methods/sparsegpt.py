@@ -65,10 +65,10 @@ def prune(weight: torch.Tensor, stats, sparsity: float, pattern: Pattern, option
     options = options or Options()
     U, dead, damp_used, retries = _factor(stats, weight.device, options)
     # The solve walks the columns one by one, so it works on Wᵀ: each column is a contiguous row.
-    Wt = weight.float().t().clone(memory_format=torch.contiguous_format)   # never the caller's tensor
+    dense = weight.float()
+    Wt = dense.t().clone(memory_format=torch.contiguous_format)   # never the caller's tensor
     Wt[dead] = 0                 # columns that never saw a non-zero input: nothing to preserve
-    u_diag = U.diagonal()
-    score = weight.float().pow(2) / u_diag.pow(2).reshape(1, -1)
+    score = dense.pow(2) / U.diagonal().pow(2).reshape(1, -1)
     pruned_t = torch.zeros_like(Wt, dtype=torch.bool)
     columns = Wt.shape[0]
     for i1 in range(0, columns, options.blocksize):
@@ -88,7 +88,7 @@ def _factor(stats, device, options: Options):
     key = ("sparsegpt", str(device), options.dampening, options.max_dampening)
     if key not in stats.cache:
         xtx = stats.xtx
-        if stats.disposable and xtx.device == torch.device(device) and xtx.dtype == torch.float32:
+        if stats.disposable and xtx.device == device and xtx.dtype == torch.float32:
             # The pipeline's own sums, needed by nobody once U exists: turned into H in their own storage
             # (the same values as `stats.hessian`), which saves an [in, in] matrix at the solve's peak
             # (127 MB for a 5632-wide down projection).
