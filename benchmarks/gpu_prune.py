@@ -31,6 +31,7 @@ from core.calibration import load_calibration  # noqa: E402
 from core.plan import PrunePlan  # noqa: E402
 
 from gpu_bench import load  # noqa: E402
+from profile_block import first_blocks  # noqa: E402
 
 
 def random_demo(tokenizer_dir: Path):
@@ -38,12 +39,6 @@ def random_demo(tokenizer_dir: Path):
 
     loaded = load("config", HERE / "demo-config.json")
     return dataclasses.replace(loaded, tokenizer=AutoTokenizer.from_pretrained(tokenizer_dir))
-
-
-def first_blocks(loaded, count: int):
-    layout = dataclasses.replace(loaded.layout, blocks=nn.ModuleList(list(loaded.layout.blocks)[:count]),
-                                 inventory=loaded.layout.inventory[:count])
-    return dataclasses.replace(loaded, layout=layout)
 
 
 def timed_prune(loaded, calib, plan) -> dict:
