@@ -21,11 +21,13 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from core import bench  # noqa: E402
-from core.architectures import find_layout  # noqa: E402
+from core.kernels import benchmark as bench  # noqa: E402
+from core.kernels import results  # noqa: E402
+from core.models.architectures import find_layout  # noqa: E402
 from core.errors import UserError  # noqa: E402
-from core.events import Message, Phase  # noqa: E402
-from core.models import LoadedModel, open_model  # noqa: E402
+from core.events import Job, Message, Phase  # noqa: E402
+from core.models.loaded import LoadedModel  # noqa: E402
+from core.models.open import open_model  # noqa: E402
 
 
 def load(model: str, config_file: Path) -> LoadedModel:
@@ -52,13 +54,13 @@ def load(model: str, config_file: Path) -> LoadedModel:
 def printer(started: float):
     def on_event(event):
         now = time.perf_counter() - started
-        if isinstance(event, bench.KernelMeasured):
+        if isinstance(event, results.KernelMeasured):
             r = event.result
             speedup = "" if r.speedup is None else f" x{r.speedup:.2f}"      # None: its dense case could not run
             timing = f"{r.median_ms:.4f} ms{speedup} err {r.rel_error:.1e}" if r.status == "ok" else r.reason
             print(f"[{now:6.1f}s] {r.shape[0]}x{r.shape[1]} t={r.tokens:<5} {r.dtype:<4} {r.backend:<11} {r.status:<7} "
                   f"{timing}", file=sys.stderr, flush=True)
-        elif isinstance(event, bench.EndToEndMeasured):
+        elif isinstance(event, results.EndToEndMeasured):
             r = event.result
             print(f"[{now:6.1f}s] end to end {r.variant} {r.dtype}: {r.status} {r.reason} ttft={r.ttft_ms} "
                   f"itl={r.itl_ms} tok/s={r.tokens_per_s}", file=sys.stderr, flush=True)
@@ -90,7 +92,7 @@ def main() -> int:
         options = bench.BenchOptions(tokens=tokens, dtype=dtype, int8=(i == 0), device=args.device,
                                      budget_s=args.budget, prompt_tokens=args.prompt_tokens,
                                      new_tokens=args.new_tokens)
-        report = bench.run_benchmark(loaded, options, on_event=printer(started))
+        report = bench.run_benchmark(loaded, options, Job(printer(started)))
         stem = out / ("bench-cpu" if report.device == "cpu" else f"bench-cuda-{dtype}")
         stem.with_suffix(".json").write_text(report.to_json())
         stem.with_suffix(".csv").write_text(report.to_csv())

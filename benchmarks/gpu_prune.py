@@ -25,10 +25,10 @@ from torch import nn
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from core import pipeline  # noqa: E402
-from core.architectures import weight_matrix  # noqa: E402
-from core.calibration import load_calibration  # noqa: E402
-from core.plan import PrunePlan  # noqa: E402
+from core.pruning import pipeline  # noqa: E402
+from core.models.architectures import weight_matrix  # noqa: E402
+from core.data.calibration import load_calibration  # noqa: E402
+from core.pruning.plan import PrunePlan  # noqa: E402
 
 from gpu_bench import load  # noqa: E402
 from profile_block import first_blocks  # noqa: E402

@@ -21,35 +21,20 @@ import sys
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-DATA = Path("/work/shared/data/wikitext-2-raw/wiki.valid.raw")
+DATA = ROOT.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.valid.raw"
 
-from core.activations import ActivationStore  # noqa: E402
-from core.calibration import load_calibration  # noqa: E402
-from core.capture import auto_batch_size, capture_first_block_inputs, run_block  # noqa: E402
-from core.events import BlockStarted, CancelToken, Finished, Phase, ignore  # noqa: E402
-from core.models import open_model  # noqa: E402
-from core.pipeline import prune  # noqa: E402
-from core.plan import PrunePlan  # noqa: E402
+from core.data.calibration import load_calibration  # noqa: E402
+from core.events import BlockStarted, Finished, Job, Phase  # noqa: E402
+from core.models.open import open_model  # noqa: E402
+from core.pruning.pipeline import prune  # noqa: E402
+from core.pruning.plan import PrunePlan  # noqa: E402
+from floor import floor_seconds  # noqa: E402
 
 
 def first_blocks(loaded, count):
     layout = dataclasses.replace(loaded.layout, blocks=nn.ModuleList(list(loaded.layout.blocks)[:count]),
                                  inventory=loaded.layout.inventory[:count])
     return dataclasses.replace(loaded, layout=layout)
-
-
-@torch.no_grad()
-def floor_seconds(loaded, ids) -> float:
-    store = ActivationStore()
-    calls = capture_first_block_inputs(loaded.model, loaded.layout.blocks, ids, torch.device("cpu"),
-                                       auto_batch_size(ids.shape[1]), ignore, CancelToken(), store)
-    hidden = [store[i] for i in range(len(store))]
-    started = time.perf_counter()
-    for block in loaded.layout.blocks:
-        for batch, call in zip(hidden, calls):
-            run_block(block, batch, call)
-        hidden = [run_block(block, batch, call) for batch, call in zip(hidden, calls)]
-    return time.perf_counter() - started
 
 
 class PhaseClock:
@@ -90,10 +75,10 @@ def main():
         loaded = open_model("demo")
         part = first_blocks(loaded, args.blocks)
         clock = PhaseClock()
-        from core.calibration import CalibrationSet
+        from core.data.calibration import CalibrationSet
 
         started = time.perf_counter()
-        prune(part, CalibrationSet(ids, [], 0), PrunePlan.build(method=method, pattern=args.pattern, device="cpu"), clock)
+        prune(part, CalibrationSet(ids, [], 0), PrunePlan.build(method=method, pattern=args.pattern, device="cpu"), Job(clock))
         total = time.perf_counter() - started
         for phase, seconds in sorted(clock.totals.items(), key=lambda kv: -kv[1]):
             print(f"| {method} | {phase} | {seconds / args.blocks:.2f} | {seconds / floor:.2f} |")

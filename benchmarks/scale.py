@@ -46,7 +46,7 @@ def write_random_llama(folder: Path, layers: int, seed: int = 0, tokenizer_dir: 
     from safetensors.torch import save_file
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from core.demo import ensure_demo
+    from core.models.demo import ensure_demo
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or ensure_demo())
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=2048, intermediate_size=5632, num_hidden_layers=layers,
@@ -85,9 +85,9 @@ def child(method: str, folder: str, calib_file: str, out: str, compute_dtype: st
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
-    from core.calibration import CalibrationSet, load_saved_calibration
-    from core.plan import PrunePlan
-    from core.streaming import prune_streaming
+    from core.data.calibration import CalibrationSet, load_saved_calibration
+    from core.pruning.plan import PrunePlan
+    from core.export.streaming import prune_streaming
 
     baseline = peak_rss_mib()
     ids = load_saved_calibration(Path(calib_file))
@@ -118,7 +118,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from core.calibration import load_calibration, save_calibration
+    from core.data.calibration import load_calibration, save_calibration
 
     work = Path(tempfile.mkdtemp(prefix="cs-scale-", dir="/tmp"))
     try:

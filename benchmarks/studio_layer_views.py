@@ -22,8 +22,8 @@ import torch  # noqa: E402
 from PySide6.QtCore import QSettings  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
-from core.architectures import find_layout  # noqa: E402
-from core.models import LoadedModel  # noqa: E402
+from core.models.architectures import find_layout  # noqa: E402
+from core.models.loaded import LoadedModel  # noqa: E402
 from studio.app import style_application  # noqa: E402
 from studio.main_window import MainWindow  # noqa: E402
 
@@ -51,19 +51,23 @@ def llama_with_one_real_block():
 
 
 def as_if_pruned(window, names):
-    """Give the controller the summaries a run computes on its worker (`core.summaries.summarize`)."""
-    from core import session, summaries
-    from core.methods import MethodResult
+    """Give the workbench the summaries a run computes on its worker (`core.analysis.summaries.summarize`)."""
+    from core.analysis import summaries, views as layer_views
+    from core.pruning.methods import MethodResult
+    from core.pruning.pipeline import PruneResult
+    from core.pruning.plan import PrunePlan
+    from core.workbench import RunRecord
 
     loaded = window.controller.loaded
     views = {}
     for name in names:
-        weight = session.current_weight(loaded, name)
+        weight = layer_views.current_weight(loaded, name)
         mask = weight == 0
         dense = weight.masked_fill(mask, 0.01)
         outcome = MethodResult(weight, mask, dense.abs())
-        views[name] = session.run_view(name, weight.shape, summaries.summarize(dense, outcome), "magnitude")
-    window.controller.applied = session.RunRecord(1, "magnitude", "unstructured", 0.5, 0.5, 0.0, None, views)
+        views[name] = layer_views.run_view(name, weight.shape, summaries.summarize(dense, outcome), "magnitude")
+    plan = PrunePlan.build(method="magnitude")
+    window.controller.bench.applied = RunRecord(1, plan, PruneResult(plan, "cpu", [], [], 0.0), {}, views)
 
 
 def time_selection(app, window, name) -> float:
@@ -88,13 +92,14 @@ def main() -> int:
     window = MainWindow(settings)
     window.resize(1600, 980)
     window.show()
-    window.controller.set_model(llama_with_one_real_block())
+    window.controller.bench.loaded = llama_with_one_real_block()
+    window.controller.model_opened.emit(window.controller.bench.loaded)
     app.processEvents()
     down, up, other = "model.layers.0.mlp.down_proj", "model.layers.0.mlp.up_proj", "model.layers.0.self_attn.k_proj"
     time_selection(app, window, other)
     first_dense = [time_selection(app, window, down)]      # nothing cached: read on the views thread
     for _ in range(4):
-        window.controller._previews.clear()
+        window.controller.bench.previews.clear()
         time_selection(app, window, other)
         first_dense.append(time_selection(app, window, down))
     assert window.histograms.view.row_stride > 1
@@ -111,7 +116,7 @@ def main() -> int:
               "pruned_transposed_median_ms": round(statistics.median(timings[up]), 1),
               "dense_first_view_median_ms": round(statistics.median(first_dense), 1),
               "dense_first_view_max_ms": round(max(first_dense), 1),
-              "dense_row_stride": window.controller._previews[(down, 0.5)].row_stride,
+              "dense_row_stride": window.controller.bench.previews[(down, 0.5)].row_stride,
               "torch_threads": torch.get_num_threads(), "target_ms": 200}
     window.close()
     print(json.dumps(result))

@@ -92,7 +92,7 @@ def ensure_venv() -> Path:
 # ---- children run in this project's venv ---------------------------------------------------------------
 
 def child_dense(work: Path) -> dict:
-    from core.models import open_model
+    from core.models.open import open_model
 
     loaded = open_model("demo")
     return {"ppl": _perplexity(loaded.model, work)}
@@ -100,35 +100,19 @@ def child_dense(work: Path) -> dict:
 
 def child_floor(work: Path) -> dict:
     """Two plain forward passes of the calibration windows through every block, batched like `prune`."""
-    import torch
+    from core.models.open import open_model
+    from floor import floor_seconds
 
-    from core.activations import ActivationStore
-    from core.capture import auto_batch_size, capture_first_block_inputs, run_block
-    from core.events import CancelToken, ignore
-    from core.models import open_model
-
-    loaded = open_model("demo")
-    ids = _calibration(work)
-    blocks = loaded.layout.blocks
-    started = time.perf_counter()
-    with torch.no_grad():
-        store = ActivationStore()
-        calls = capture_first_block_inputs(loaded.model, blocks, ids, torch.device("cpu"),
-                                           auto_batch_size(ids.shape[1]), ignore, CancelToken(), store)
-        hidden = [store[i] for i in range(len(store))]
-        for block in blocks:
-            for batch, call in zip(hidden, calls):          # pass 1 (where statistics would be gathered)
-                run_block(block, batch, call)
-            hidden = [run_block(block, batch, call) for batch, call in zip(hidden, calls)]   # pass 2
-    return {"seconds": time.perf_counter() - started, "peak_rss_mib": peak_rss_mib()}
+    seconds = floor_seconds(open_model("demo"), _calibration(work))
+    return {"seconds": seconds, "peak_rss_mib": peak_rss_mib()}
 
 
 def child_ours(work: Path, method: str, pattern: str) -> dict:
-    from core.models import open_model
-    from core.pipeline import prune
-    from core.plan import PrunePlan
+    from core.models.open import open_model
+    from core.pruning.pipeline import prune
+    from core.pruning.plan import PrunePlan
 
-    from core.calibration import CalibrationSet
+    from core.data.calibration import CalibrationSet
 
     loaded = open_model("demo")
     calib = CalibrationSet(_calibration(work), [], 0)
@@ -142,7 +126,7 @@ def child_ours(work: Path, method: str, pattern: str) -> dict:
 def child_score(work: Path, weights: str) -> dict:
     from safetensors.torch import load_model
 
-    from core.models import open_model
+    from core.models.open import open_model
 
     loaded = open_model("demo")
     load_model(loaded.model, weights)
@@ -150,7 +134,7 @@ def child_score(work: Path, weights: str) -> dict:
 
 
 def _calibration(work: Path):
-    from core.calibration import load_saved_calibration
+    from core.data.calibration import load_saved_calibration
 
     return load_saved_calibration(work / "calibration.safetensors")
 
@@ -158,7 +142,7 @@ def _calibration(work: Path):
 def _perplexity(model, work: Path) -> float:
     from safetensors.torch import load_file
 
-    from core.evaluate import perplexity
+    from core.evaluation.perplexity import perplexity
 
     return perplexity(model, load_file(str(work / "eval.safetensors"))["input_ids"], device="cpu").ppl
 
@@ -193,9 +177,9 @@ def main() -> None:
         print(json.dumps(CHILDREN[kind](Path(work), *rest)))
         return
 
-    from core.calibration import load_calibration, save_calibration
-    from core.demo import ensure_demo
-    from core.evaluate import evaluation_windows
+    from core.data.calibration import load_calibration, save_calibration
+    from core.models.demo import ensure_demo
+    from core.evaluation.perplexity import evaluation_windows
     from safetensors.torch import save_file
     from transformers import AutoTokenizer
 

@@ -12,13 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
-import time
 from pathlib import Path
 
+from . import workbench as wb
+from .compute import KERNEL_DTYPES, MODEL_DTYPES
 from .errors import UserError
-from .events import BlockStarted, Event, Finished, Message, Phase
+from .events import BlockStarted, Event, Finished, Job, Message, Phase
+from .export.compact import unpack_folder
+from .inputs import parse_bytes, parse_tokens
+from .kernels.benchmark import BenchOptions
+from .pruning.methods import METHODS
+from .pruning.methods.sparsegpt import Options
+from .pruning.plan import PrunePlan
+from .workbench import CalibrationRequest, EvaluationRequest, ExportRequest, OpenRequest
 
 EXIT_USER_ERROR = 2
 
@@ -81,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(prune)
     prune.add_argument("--calib", nargs="+", required=True, metavar="FILE", help="calibration text files")
     prune.add_argument("--text-field", default="text", help="field or column holding the text in JSON/CSV/Parquet")
-    prune.add_argument("--method", default="wanda", choices=["magnitude", "wanda", "sparsegpt"])
+    prune.add_argument("--method", default="wanda", choices=list(METHODS))
     prune.add_argument("--sparsity", type=float, default=None, help="fraction of weights to remove (default 0.5)")
     prune.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8 or any N:M (N kept of M)")
     prune.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
@@ -100,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--stream", action="store_true",
                        help="read one decoder block at a time from a safetensors folder and write the export as it goes "
                             "(for models larger than memory; --eval is not available: run `eval` on the output)")
-    prune.add_argument("--memory-budget", type=_parse_bytes, default=None, metavar="SIZE",
+    prune.add_argument("--memory-budget", type=parse_bytes, default=None, metavar="SIZE",
                        help="spill calibration activations to disk beyond this size, e.g. 4GB")
     prune.add_argument("--compact", action="store_true",
                        help="with --pattern 2:4: store kept values + 2-bit positions (56%% of fp16 bytes)")
@@ -120,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="time 2:4 sparse kernels against dense for the model's linear shapes")
     bench.add_argument("model", help="a model folder, a .gguf file, a cached hub id, or 'demo'")
-    bench.add_argument("--dtype", default="fp16", choices=["fp16", "bf16"], help="kernel dtype on the GPU")
+    bench.add_argument("--dtype", default="fp16", choices=list(KERNEL_DTYPES), help="kernel dtype on the GPU")
     bench.add_argument("--tokens", default="1,16,128,512,2048,8192", help="comma-separated token counts")
     bench.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     bench.add_argument("--no-int8", action="store_true", help="skip the int8 cases")
@@ -145,41 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a model folder, a .gguf file, a cached hub id, or 'demo'")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--dtype", default="float32", choices=list(MODEL_DTYPES))
     parser.add_argument("--trust-remote-code", action="store_true", help="run the model authors' own code")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout at the end")
-
-
-def _open(args, progress):
-    from .models import open_model
-
-    return open_model(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code, on_event=progress)
-
-
-def _parse_overrides(items: list[str]) -> tuple[tuple[str, float], ...]:
-    parsed = []
-    for item in items:
-        glob, sep, value = item.rpartition("=")
-        try:
-            parsed.append((glob, float(value)))
-        except ValueError:
-            sep = ""
-        if not sep or not glob:
-            raise UserError(f"--override {item}: write GLOB=SPARSITY, e.g. '*.mlp.down_proj=0.3'.")
-    return tuple(parsed)
-
-
-_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
-
-
-def _parse_bytes(text: str) -> int:
-    """'4GB' -> 4e9, '512MiB' -> 512·2^20, '1000000' -> 1e6."""
-    match = _SIZE.match(text)
-    if not match or float(match.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive size: write e.g. 4GB, 512MB or 2GiB")
-    unit = (match.group(2) or "").lower().rstrip("b")
-    return int(float(match.group(1)) * _UNITS[unit])
 
 
 def _check_files(paths: list[str], what: str) -> None:
@@ -188,104 +163,62 @@ def _check_files(paths: list[str], what: str) -> None:
             raise UserError(f"{what} file {path}: no such file.")
 
 
-def run_prune(args, progress) -> dict:
-    from .calibration import default_seqlen, load_calibration
-    from .evaluate import evaluation_windows, perplexity
-    from .export import build_report, check_output, write_export
-    from .methods.sparsegpt import Options
-    from .pipeline import prune
-    from .plan import PrunePlan
-
-    out = check_output(args.out, args.overwrite)
-    if args.compact and args.pattern.replace(" ", "") != "2:4":
-        raise UserError(f"--compact stores 2:4 weights only: add --pattern 2:4 (got {args.pattern}) or drop --compact.")
+def run_prune(args, job: Job) -> dict:
+    if args.stream and args.eval:
+        raise UserError("--eval loads the whole model, which --stream avoids: drop --eval and run "
+                        f"`compression-studio eval {args.out} --data FILE` afterwards.")
+    if args.stream and args.compact:
+        raise UserError("--compact is not available with --stream yet: prune with --stream, then compact the folder "
+                        "in memory, or drop --stream.")
     plan = PrunePlan.build(
-        method=args.method, sparsity=args.sparsity, pattern=args.pattern, overrides=_parse_overrides(args.override),
+        method=args.method, sparsity=args.sparsity, pattern=args.pattern, overrides=tuple(args.override),
         ignore=tuple(args.ignore), device=args.device, batch_size=args.batch_size,
         sparsegpt=Options(blocksize=args.blocksize, dampening=args.dampening, update_weights=not args.no_update),
     )
+    export = ExportRequest(args.out, args.overwrite, "compact" if args.compact else "hf")
+    export.check(plan.pattern)
     _check_files(args.calib, "calibration")
     if args.eval:
         _check_files([args.eval], "evaluation")
-    if args.stream:
-        return _run_prune_streaming(args, plan, out, progress)
-    started = time.perf_counter()
-    loaded = _open(args, progress)
-    seqlen = args.seqlen or default_seqlen(loaded.context_length)
-    calib = load_calibration(args.calib, loaded.tokenizer, nsamples=args.nsamples, seqlen=seqlen, seed=args.seed,
-                             text_field=args.text_field, on_event=progress)
-    durations = {"load": time.perf_counter() - started}
-    ppl_dense = ppl = windows = None
-    if args.eval:
-        windows = evaluation_windows(loaded.tokenizer, args.eval, seqlen, args.eval_windows, args.text_field)
-        ppl_dense = perplexity(loaded.model, windows, device=args.device, on_event=progress)
-        durations["eval_dense"] = ppl_dense.seconds
-    result = prune(loaded, calib, plan, on_event=progress, memory_budget=args.memory_budget)
-    durations["prune"] = result.seconds
-    if windows is not None:
-        ppl = perplexity(loaded.model, windows, device=args.device, on_event=progress)
-        durations["eval_pruned"] = ppl.seconds
-    report = build_report(loaded, result, calib, ppl_dense, ppl, durations)
-    stored = None
-    if args.compact:
-        from .compact import export_compact
-
-        summary = export_compact(loaded, out, report, calib, overwrite=args.overwrite, on_event=progress)
-        stored = {"layers": summary.layers, "bytes": summary.compact_bytes, "dense_bytes": summary.dense_bytes,
-                  "ratio": summary.ratio}
-    else:
-        write_export(loaded, out, report, calib, overwrite=args.overwrite, on_event=progress)
-    return _prune_summary(plan, result, out, ppl_dense, ppl, stored)
+    bench = wb.Workbench(remember=False)
+    wb.open_model(bench, OpenRequest(args.model, args.dtype, args.trust_remote_code, stream=args.stream), job)
+    wb.calibrate(bench, CalibrationRequest(tuple(args.calib), args.nsamples, args.seqlen, args.seed, args.text_field),
+                 job)
+    evaluation = EvaluationRequest(args.eval, args.seqlen, args.eval_windows, args.text_field) if args.eval else None
+    if evaluation:
+        wb.evaluate(bench, evaluation, job)
+    record = wb.prune(bench, plan, job, memory_budget=args.memory_budget, export=export if args.stream else None)
+    if evaluation:
+        wb.evaluate(bench, evaluation, job)
+    exported = None if record.exported else wb.export_run(bench, export, job)
+    return _prune_summary(record, record.exported or exported.path, exported.compact if exported else None)
 
 
-def _prune_summary(plan, result, out, ppl_dense=None, ppl=None, stored=None) -> dict:
+def _prune_summary(record, out, compact=None) -> dict:
+    result = record.result
     return {
-        "method": plan.method, "pattern": str(plan.pattern), "target_sparsity": plan.sparsity,
+        "method": record.method, "pattern": record.pattern, "target_sparsity": record.target_sparsity,
         "sparsity": result.sparsity, "layers": len(result.layers),
         "skipped": [vars(s) for s in result.skipped], "seconds": result.seconds,
-        "ppl_dense": ppl_dense.ppl if ppl_dense else None, "ppl": ppl.ppl if ppl else None,
-        "out": str(out), "compact": stored,
+        "ppl_dense": record.ppl_dense.ppl if record.ppl_dense else None, "ppl": record.ppl.ppl if record.ppl else None,
+        "out": str(out),
+        "compact": {"layers": compact.layers, "bytes": compact.compact_bytes, "dense_bytes": compact.dense_bytes,
+                    "ratio": compact.ratio} if compact else None,
     }
 
 
-def _run_prune_streaming(args, plan, out, progress) -> dict:
-    from .calibration import default_seqlen, load_calibration
-    from .demo import ensure_demo
-    from .streaming import open_streaming, prune_streaming
-
-    if args.eval:
-        raise UserError("--eval loads the whole model, which --stream avoids: drop --eval and run "
-                        f"`compression-studio eval {out} --data FILE` afterwards.")
-    if args.compact:
-        raise UserError("--compact is not available with --stream yet: prune with --stream, then compact the folder "
-                        "in memory, or drop --stream.")
-    folder = ensure_demo(on_event=progress) if args.model == "demo" else Path(args.model)
-    if not folder.is_dir():
-        raise UserError(f"{args.model}: --stream needs a model folder with safetensors weights (or 'demo').")
-    loaded = open_streaming(folder, trust_remote_code=args.trust_remote_code, on_event=progress)
-    seqlen = args.seqlen or default_seqlen(loaded.context_length)
-    calib = load_calibration(args.calib, loaded.tokenizer, nsamples=args.nsamples, seqlen=seqlen, seed=args.seed,
-                             text_field=args.text_field, on_event=progress)
-    result, path = prune_streaming(loaded, calib, plan, out, overwrite=args.overwrite, on_event=progress,
-                                   memory_budget=args.memory_budget)
-    return _prune_summary(plan, result, path)
-
-
-def run_eval(args, progress) -> dict:
-    from .calibration import default_seqlen
-    from .evaluate import evaluation_windows, perplexity
-
+def run_eval(args, job: Job) -> dict:
     _check_files([args.data], "evaluation")
-    loaded = _open(args, progress)
-    seqlen = args.seqlen or default_seqlen(loaded.context_length)
-    windows = evaluation_windows(loaded.tokenizer, args.data, seqlen, args.eval_windows, args.text_field)
-    result = perplexity(loaded.model, windows, device=args.device, on_event=progress)
+    bench = wb.Workbench(remember=False)
+    wb.open_model(bench, OpenRequest(args.model, args.dtype, args.trust_remote_code), job)
+    result = wb.evaluate(bench, EvaluationRequest(args.data, args.seqlen, args.eval_windows, args.text_field), job).dense
     return {"model": args.model, "ppl": result.ppl, "nll": result.nll, "windows": result.windows,
             "seqlen": result.seqlen, "tokens": result.tokens, "seconds": result.seconds}
 
 
-def run_inspect(args, progress) -> dict:
-    loaded = _open(args, progress)
+def run_inspect(args, job: Job) -> dict:
+    bench = wb.Workbench(remember=False)
+    loaded = wb.open_model(bench, OpenRequest(args.model, args.dtype, args.trust_remote_code), job)
     layout = loaded.layout
     return {
         "model": args.model, "family": layout.family, "model_class": layout.model_class,
@@ -297,34 +230,22 @@ def run_inspect(args, progress) -> dict:
     }
 
 
-def run_bench(args, progress) -> dict:
-    from .bench import BenchOptions, run_benchmark
-    from .models import open_model
-
-    options = BenchOptions(tokens=_parse_tokens(args.tokens), dtype=args.dtype, int8=not args.no_int8,
+def run_bench(args, job: Job) -> dict:
+    options = BenchOptions(tokens=parse_tokens(args.tokens), dtype=args.dtype, int8=not args.no_int8,
                            device=args.device, end_to_end=not args.no_end_to_end,
                            prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens)
     options.validate()
     for path in (args.csv, args.markdown):
         if path:
             _check_writable(path)
-    loaded = open_model(args.model, trust_remote_code=args.trust_remote_code, on_event=progress)
-    report = run_benchmark(loaded, options, on_event=progress)
+    bench = wb.Workbench(remember=False)
+    wb.open_model(bench, OpenRequest(args.model, trust_remote_code=args.trust_remote_code), job)
+    report = wb.benchmark(bench, options, job)
     if args.csv:
         Path(args.csv).write_text(report.to_csv())
     if args.markdown:
         Path(args.markdown).write_text(report.to_markdown())
     return {**report.to_dict(), "markdown": report.to_markdown()}
-
-
-def _parse_tokens(text: str) -> tuple[int, ...]:
-    try:
-        tokens = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        tokens = ()
-    if not tokens or min(tokens) < 1:
-        raise UserError(f"--tokens {text}: give positive token counts separated by commas, e.g. 1,16,128.")
-    return tokens
 
 
 def _check_writable(path: str) -> None:
@@ -333,12 +254,10 @@ def _check_writable(path: str) -> None:
         raise UserError(f"cannot write {path}: folder {parent} does not exist.")
 
 
-def run_unpack(args, progress) -> dict:
-    from .compact import unpack_folder
-
+def run_unpack(args, job: Job) -> dict:
     if not Path(args.folder).is_dir():
         raise UserError(f"{args.folder}: no such folder.")
-    out = unpack_folder(args.folder, args.out, overwrite=args.overwrite, on_event=progress)
+    out = unpack_folder(args.folder, args.out, overwrite=args.overwrite, job=job)
     return {"folder": args.folder, "out": str(out)}
 
 
@@ -385,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("choose a subcommand: prune, eval, inspect, bench or unpack (compression-studio alone opens the studio)")
         _quiet_transformers()
         progress = Progress(enabled=True)
-        result = args.run(args, progress)
+        result = args.run(args, Job(progress))
         progress.close()
     except UserError as exc:
         if progress:

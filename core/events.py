@@ -1,12 +1,14 @@
-"""Typed progress events and the cancellation token shared by every long job.
+"""Typed progress events, and the job context every long engine function takes.
 
-A job takes `on_event` (any callable accepting an `Event`) and a `CancelToken`;
-the CLI draws progress bars from the events, the studio re-emits them as Qt signals.
+A job context (`Job`) carries the two things a long job needs from whoever started it: where its
+events go (`emit`) and whether it should stop (`check`, which raises `Cancelled`). The CLI draws
+progress bars from the events; the studio re-emits them as Qt signals; tests record them.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -56,7 +58,7 @@ class BlockStarted(Event):
 
 @dataclass(frozen=True)
 class LayerPruned(Event):
-    """One linear layer has been pruned; `result` is a `core.pipeline.LayerResult`.
+    """One linear layer has been pruned; `result` is a `core.pruning.pipeline.LayerResult`.
 
     `summary` carries small, already-reduced views for display (histograms,
     heatmaps) when the job was asked for them; never full tensors.
@@ -85,6 +87,53 @@ EventSink = Callable[[Event], None]
 
 def ignore(_: Event) -> None:
     """The default listener: drops every event."""
+
+
+class Job:
+    """The context of one running job: its event sink and its cancel token.
+
+    `Job()` is a job nobody watches and nobody cancels. `with_sink` gives a context that shares the
+    cancel token but sends events elsewhere first (the workbench watches a run's layer events).
+    """
+
+    def __init__(self, on_event: EventSink | None = None, cancel: CancelToken | None = None):
+        self.on_event = on_event or ignore
+        self.cancel = cancel or CancelToken()
+        self.started = time.perf_counter()
+
+    def emit(self, event: Event) -> None:
+        self.on_event(event)
+
+    def phase(self, name: str, done: int = 0, total: int = 0, detail: str = "") -> None:
+        self.on_event(Phase(name, done, total, detail))
+
+    def message(self, text: str, level: str = "info") -> None:
+        self.on_event(Message(text, level))
+
+    def check(self) -> None:
+        """Raise `Cancelled` when the job was asked to stop."""
+        self.cancel.check()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel.cancelled
+
+    def with_sink(self, on_event: EventSink) -> "Job":
+        job = Job(on_event, self.cancel)
+        job.started = self.started
+        return job
+
+
+def as_job(job: "Job | None") -> Job:
+    return job if job is not None else Job()
+
+
+def eta_seconds(started: float, done: int, total: int, now: float | None = None) -> float | None:
+    """Remaining time assuming the remaining steps take as long as the finished ones did on average."""
+    if done <= 0 or total <= 0:
+        return None
+    elapsed = (now if now is not None else time.perf_counter()) - started
+    return elapsed / done * (total - done)
 
 
 @dataclass

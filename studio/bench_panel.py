@@ -1,5 +1,5 @@
 """The Benchmark tab: choices (dtype, token counts, device, int8, end to end), start and stop, the
-live charts, a results table, and saving the report as CSV or JSON. The measuring is core.bench's."""
+live charts, a results table, and saving the report as CSV or JSON. The measuring is core.kernels'."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit,
                                QPushButton, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
-from core.bench import BenchOptions
-
 from .bench_charts import BenchCharts
 from .run_panel import devices
 
@@ -18,7 +16,7 @@ COLUMNS = ["Shape", "Tokens", "Dtype", "Backend", "Status", "Median ms", "Speedu
 
 
 class BenchPanel(QWidget):
-    start_requested = Signal(object)   # BenchOptions
+    start_requested = Signal(object)   # dict of choices (see `choices`)
     stop_requested = Signal()
     save_requested = Signal(str)       # path (.csv or .json)
 
@@ -76,15 +74,10 @@ class BenchPanel(QWidget):
         layout.addWidget(self.summary)
         layout.addWidget(split, 1)
 
-    def options(self) -> BenchOptions:
-        """Token counts that are not whole numbers become 0, which the options' validation names."""
-        tokens = []
-        for part in self.tokens.text().split(","):
-            part = part.strip()
-            if part:
-                tokens.append(int(part) if part.isdigit() else 0)
-        return BenchOptions(tokens=tuple(tokens), dtype=self.dtype.currentText(), int8=self.int8.isChecked(),
-                            device=self.device.currentData(), end_to_end=self.end_to_end.isChecked())
+    def choices(self) -> dict:
+        """What the user chose, as typed; the engine parses and validates it (`BenchOptions.from_choices`)."""
+        return {"tokens": self.tokens.text(), "dtype": self.dtype.currentText(), "int8": self.int8.isChecked(),
+                "device": self.device.currentData(), "end_to_end": self.end_to_end.isChecked()}
 
     def begin(self) -> None:
         self.charts.clear()
@@ -123,7 +116,7 @@ class BenchPanel(QWidget):
             self.charts.set_note(report.note)
 
     def _start(self) -> None:
-        self.start_requested.emit(self.options())
+        self.start_requested.emit(self.choices())
 
     def _save(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save benchmark results", str(Path.cwd() / "bench.csv"),

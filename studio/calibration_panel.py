@@ -9,13 +9,13 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget,
                                QPushButton, QSpinBox, QVBoxLayout)
 
-from core.texts import SUPPORTED
+from core.data.texts import SUPPORTED
 
-from .controller import CalibrationChoice
+from core.workbench import CalibrationRequest
 
 
 class CalibrationPanel(QGroupBox):
-    load_requested = Signal(object)   # CalibrationChoice
+    load_requested = Signal(object)   # CalibrationRequest
 
     def __init__(self, parent=None):
         super().__init__("Calibration", parent)
@@ -65,8 +65,8 @@ class CalibrationPanel(QGroupBox):
     def paths(self) -> list[str]:
         return [self.files.item(i).text() for i in range(self.files.count())]
 
-    def choice(self) -> CalibrationChoice:
-        return CalibrationChoice(tuple(self.paths()), self.nsamples.value(), self.seqlen.value(), self.seed.value(),
+    def choice(self) -> CalibrationRequest:
+        return CalibrationRequest(tuple(self.paths()), self.nsamples.value(), self.seqlen.value(), self.seed.value(),
                                  self.text_field.text().strip() or "text")
 
     def set_context_length(self, context: int) -> None:

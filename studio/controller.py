@@ -1,48 +1,25 @@
-"""The studio's state and the engine jobs it starts; no widgets here.
+"""Submits the engine's workbench jobs to worker threads and announces their results as signals.
 
-Widgets collect choices and call the controller; the controller runs engine functions on a worker
-thread and announces what happened through signals, always emitted in the GUI thread. Engine jobs
-(open, calibrate, prune, evaluate, export) queue on one worker; the small views a selection asks
-for run on a second, so a long run never delays them.
+The state of the session lives in `core.workbench.Workbench`; every job is a workbench function. Engine
+jobs (open, calibrate, run, evaluate, export, benchmark) queue on one worker; the small views a
+selection asks for run on a second, so a long run never delays them. Signals are emitted in the GUI thread.
 """
 
 from __future__ import annotations
 
 import gc
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from PySide6.QtCore import QObject, Signal, Slot
+from PySide6.QtCore import QObject, Signal
 
-from core import session
-from core.calibration import CalibrationSet, load_calibration
-from core.compact import export_compact
+from core import workbench as wb
 from core.errors import UserError
-from core.evaluate import evaluation_windows, perplexity
 from core.events import LayerPruned
-from core.export import build_report, check_output, write_export
-from core.models import LoadedModel, open_model
-from core.pipeline import prune
-from core.plan import PrunePlan
+from core.kernels.benchmark import BenchOptions
+from core.kernels.results import KernelMeasured, MemorySampled
+from core.pruning.plan import PrunePlan
 
 from .worker import Worker
-
-
-@dataclass(frozen=True)
-class CalibrationChoice:
-    files: tuple[str, ...]
-    nsamples: int
-    seqlen: int
-    seed: int
-    text_field: str = "text"
-
-
-@dataclass(frozen=True)
-class EvaluationChoice:
-    path: str
-    seqlen: int
-    windows: int
 
 
 class Controller(QObject):
@@ -58,371 +35,201 @@ class Controller(QObject):
     run_failed = Signal()
     layer_view_ready = Signal(object)         # LayerView
     tile_ready = Signal(str, object)          # layer name, Tile
-    evaluation_done = Signal(object)          # RunRecord (or None) with perplexities
+    evaluation_done = Signal(object)          # (RunRecord or None, dense Perplexity, pruned Perplexity or None)
     comparison_ready = Signal(object)         # Comparison
-    export_done = Signal(str, str)          # folder, a sentence on what was written and its size
+    export_done = Signal(str, str)            # folder, a sentence on what was written and its size
     error = Signal(str)
     busy_changed = Signal(bool)
     weights_restored = Signal()
-    bench_result = Signal(object)             # core.bench.KernelResult
-    bench_memory = Signal(object)             # core.bench.MemorySample
+    bench_result = Signal(object)             # KernelResult
+    bench_memory = Signal(object)             # MemorySample
     bench_finished = Signal(object)           # BenchReport, or None when stopped
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
+        self.bench = wb.Workbench(remember=True)
         self.engine = Worker("engine", self)
         self.views = Worker("views", self)
         self.engine.busy_changed.connect(self.busy_changed)
-        self.loaded: LoadedModel | None = None
-        self.calib: CalibrationSet | None = None
-        self.calib_choice: CalibrationChoice | None = None
-        self.dense: session.WeightSnapshot | None = None
-        self.runs: list[session.RunRecord] = []
-        self.applied: session.RunRecord | None = None     # the run whose weights the model holds now
-        self.dense_ppl: dict = {}
-        self._run_job = None
-        self._view_job = None
-        self._tile_job = None
-        self._previews: dict = {}      # (layer, sparsity) -> LayerView of the dense model
+        self._run = self._bench = self._view = self._tile = None
 
-    # ---- model -------------------------------------------------------------------------------------
-    def open_model(self, spec: str, dtype: str = "float32", trust_remote_code: bool = False) -> None:
-        spec = spec.strip()
-        if not spec:
-            self.error.emit("Type a model folder, a .gguf file, a hub id or 'demo' first.")
-            return
-        self.model_loading.emit(spec)
-        self.engine.submit("open model", lambda on_event, cancel: open_model(
-                               spec, dtype=dtype, trust_remote_code=trust_remote_code, on_event=on_event),
-                           on_done=self.set_model, on_error=self._fail, on_event=self.progress.emit)
-
-    @Slot(object)
-    def set_model(self, loaded: LoadedModel) -> None:
-        self.loaded, self.calib, self.calib_choice, self.dense = loaded, None, None, None
-        self.runs, self.applied, self.dense_ppl = [], None, {}
-        self._previews = {}
-        _freeze_long_lived_objects()
-        self.model_opened.emit(loaded)
-
-    # ---- calibration ---------------------------------------------------------------------------------
-    def load_calibration(self, choice: CalibrationChoice, then=None, on_failed=None):
-        if not self._need_model():
-            return None
-        tokenizer = self.loaded.tokenizer
-
-        def job(on_event, cancel):
-            return load_calibration(list(choice.files), tokenizer, nsamples=choice.nsamples, seqlen=choice.seqlen,
-                                    seed=choice.seed, text_field=choice.text_field, on_event=on_event)
-
-        def done(calib):
-            self.calib, self.calib_choice = calib, choice
-            self.calibration_ready.emit(calib)
-            if then:
-                then()
-
-        def failed(message, user_error):
-            self.calibration_failed.emit(message)
-            if on_failed:
-                on_failed()
-            self._fail(message, user_error)
-
-        return self.engine.submit("calibration", job, on_done=done, on_error=failed, on_event=self.progress.emit,
-                                  on_cancelled=on_failed)
-
-    # ---- pruning -------------------------------------------------------------------------------------
-    def start_run(self, plan_options: dict, choice: CalibrationChoice) -> None:
-        """Validate the plan, tokenize the calibration if it changed, then prune; `run_started` comes at once."""
-        if not self._need_model():
-            return
-        if self.running:
-            self.error.emit("A run is already going: wait for it or cancel it first.")
-            return
-        try:
-            plan = PrunePlan.build(**plan_options)
-        except UserError as exc:
-            self.error.emit(str(exc))
-            return
-        self.run_started.emit(plan)
-        if self.calib is not None and self.calib_choice == choice:
-            self._prune(plan)
-            return
-
-        def calibrated():
-            if self._run_job is not None and self._run_job.cancel.cancelled:
-                self._run_job = None
-                self.run_cancelled.emit()
-            else:
-                self._prune(plan)
-
-        def stopped():
-            cancelled = self._run_job is not None and self._run_job.cancel.cancelled
-            self._run_job = None
-            (self.run_cancelled if cancelled else self.run_failed).emit()
-
-        self._run_job = self.load_calibration(choice, then=calibrated, on_failed=stopped)
+    @property
+    def loaded(self):
+        return self.bench.loaded
 
     @property
     def running(self) -> bool:
-        return self._run_job is not None
+        return self._run is not None
 
-    def _prune(self, plan: PrunePlan) -> None:
-        loaded, calib = self.loaded, self.calib
-        number = len(self.runs) + 1
-        first_run = self.dense is None
+    @property
+    def can_export_compact(self) -> bool:
+        return wb.can_export(self.bench, "compact")
 
-        def job(on_event, cancel):
-            if first_run:
-                self.dense = session.WeightSnapshot(loaded)
-            else:
-                self.dense.restore(loaded)       # every run starts from the dense model
-            # The snapshot holds the weights the run starts from: the pipeline keeps no copy of its own.
-            result = prune(loaded, calib, plan, on_event, cancel, with_summaries=True, dense=self.dense.weights)
-            masks = session.pack_masks(loaded, [layer.name for layer in result.layers])
-            return session.RunRecord(number, plan.method, str(plan.pattern), plan.sparsity, result.sparsity,
-                                     result.seconds, result, {}, masks)
+    def _submit(self, name, fn, on_done=None, worker=None, **callbacks):
+        callbacks.setdefault("on_error", self._fail)
+        callbacks.setdefault("on_event", self.progress.emit)
+        return (worker or self.engine).submit(name, fn, on_done=on_done, **callbacks)
 
-        self.applied = None
-        summaries = {}
+    def _fail(self, message: str, user_error: bool = True) -> None:
+        self.error.emit(message)
 
-        def on_event(event):
-            if isinstance(event, LayerPruned) and event.summary is not None:
-                view = session.run_view(event.result.name, event.result.shape, event.summary, plan.method)
-                summaries[event.result.name] = view
-                self.layer_pruned.emit(event.result, view)
-            self.progress.emit(event)
+    # ---- engine jobs ---------------------------------------------------------------------------------
+    def open_model(self, spec: str, dtype: str = "float32", trust_remote_code: bool = False) -> None:
+        self.model_loading.emit(spec)
+        request = wb.OpenRequest(spec, dtype, trust_remote_code)
+        self._submit("open model", lambda job: wb.open_model(self.bench, request, job), self._opened)
 
-        def done(record):
-            self._run_job = None
-            record.layer_summaries = summaries
-            self.runs.append(record)
-            self.applied = record
-            self.run_finished.emit(record)
+    def _opened(self, loaded) -> None:
+        _freeze_long_lived_objects()
+        self.model_opened.emit(loaded)
 
-        def cancelled():
-            self._run_job = None         # the pipeline restored the weights it had: the dense ones
-            self.run_cancelled.emit()
+    def load_calibration(self, request: wb.CalibrationRequest) -> None:
+        self._submit("calibration", lambda job: wb.calibrate(self.bench, request, job), on_event=self._on_event,
+                     on_error=self._calibration_failed)
 
-        def failed(message, user_error):
-            self._run_job = None
+    def start_run(self, plan_options: dict, request: wb.CalibrationRequest) -> None:
+        """Validate the plan, then (one job) tokenize the calibration if it changed and prune; `run_started` comes at once."""
+        if self.running:
+            return self.error.emit("A run is already going: wait for it or cancel it first.")
+        try:
+            self.bench.need_model()
+            plan = PrunePlan.build(**plan_options)
+        except UserError as exc:
+            return self.error.emit(str(exc))
+        self.run_started.emit(plan)
+
+        def run(job):
+            wb.calibrate(self.bench, request, job)
+            return wb.prune(self.bench, plan, job)
+
+        def failed(message: str, user_error: bool = True) -> None:
+            self._run = None
+            if self.bench.calib_request != request:      # it was the calibration that failed
+                self.calibration_failed.emit(message)
             self.run_failed.emit()
             self._fail(message, user_error)
 
-        self._run_job = self.engine.submit("pruning", job, on_done=done, on_error=failed, on_event=on_event,
-                                           on_cancelled=cancelled)
+        self._run = self._submit("pruning", run, self._run_done, on_event=self._on_event, on_error=failed,
+                                 on_cancelled=self._run_cancelled)
+
+    def _on_event(self, event) -> None:
+        if isinstance(event, wb.Calibrated):
+            self.calibration_ready.emit(event.calib)
+        elif isinstance(event, LayerPruned) and event.summary is not None:
+            self.layer_pruned.emit(event.result, event.summary)
+        self.progress.emit(event)
+
+    def _calibration_failed(self, message: str, user_error: bool = True) -> None:
+        self.calibration_failed.emit(message)
+        self._fail(message, user_error)
+
+    def _run_done(self, record) -> None:
+        self._run = None
+        self.run_finished.emit(record)
+
+    def _run_cancelled(self) -> None:
+        self._run = None               # the pipeline restored the weights it had: the dense ones
+        self.run_cancelled.emit()
 
     def cancel_run(self) -> None:
-        if self._run_job is not None:
-            self._run_job.cancel.cancel()
+        if self._run is not None:
+            self._run.cancel.cancel()
 
-    def summary_of(self, name: str):
-        return self.applied.layer_summaries.get(name) if self.applied else None
-
-    # ---- views ---------------------------------------------------------------------------------------
-    def request_layer_view(self, name: str, sparsity: float = 0.5) -> None:
-        """Show a layer: from the applied run's summary when it has one, else computed on the views thread."""
-        dense_now = self.applied is None and not self.running     # the model holds its dense weights
-        view = self.summary_of(name) or (self._previews.get((name, sparsity)) if dense_now else None)
-        if view is not None:
-            self.layer_view_ready.emit(view)
-            return
-        if not self._need_model():
-            return
-        if self._view_job is not None:
-            self._view_job.cancel.cancel()      # only the latest selection matters
-        loaded = self.loaded
-
-        def job(on_event, cancel):
-            cancel.check()
-            return session.dense_view(name, session.current_weight(loaded, name), sparsity)
-
-        def done(view):
-            self._view_job = None
-            if dense_now and self.applied is None and not self.running:
-                self._previews[(name, sparsity)] = view
-            self.layer_view_ready.emit(view)
-
-        self._view_job = self.views.submit("layer view", job, on_done=done, on_error=self._fail)
-
-    def request_tile(self, name: str, rows: tuple[int, int], cols: tuple[int, int]) -> None:
-        if self.loaded is None:
-            return
-        if self._tile_job is not None:
-            self._tile_job.cancel.cancel()
-        loaded, dense = self.loaded, self.dense
-        view = self.summary_of(name)
-        factors = view.summary.score_factors if view is not None else None
-
-        def job(on_event, cancel):
-            cancel.check()
-            current = session.current_weight(loaded, name)
-            before = dense.weights[name] if dense is not None and self.applied is not None else current
-            own = factors if factors is not None else (1, None)
-            if own[1] is None:
-                import numpy as np
-                own = (1, np.ones(current.shape[1], np.float32))
-            return session.tile(before, current, rows, cols, own)
-
-        def done(result):
-            self._tile_job = None
-            self.tile_ready.emit(name, result)
-
-        self._tile_job = self.views.submit("mask tile", job, on_done=done, on_error=self._fail)
-
-    def compare(self, a: int, b: int, layer: str | None) -> None:
-        runs = {r.number: r for r in self.runs}
-        if a not in runs or b not in runs or a == b:
-            self.error.emit("Select two different runs in the history table to compare them.")
-            return
-        self.views.submit("compare runs", lambda on_event, cancel: session.compare(runs[a], runs[b], layer),
-                          on_done=self.comparison_ready.emit, on_error=self._fail)
-
-    # ---- evaluation ----------------------------------------------------------------------------------
-    def evaluate(self, choice: EvaluationChoice) -> None:
-        """Perplexity of the dense model (cached per text and window) and of the applied run, if any."""
-        if not self._need_model():
-            return
-        loaded, record, dense = self.loaded, self.applied, self.dense
-        key = (choice.path, choice.seqlen, choice.windows)
-        known_dense = self.dense_ppl.get(key)
-
-        def job(on_event, cancel):
-            windows = evaluation_windows(loaded.tokenizer, choice.path, choice.seqlen, choice.windows)
-            dense_ppl = known_dense
-            if dense_ppl is None:
-                pruned = session.WeightSnapshot(loaded) if record is not None else None
-                if pruned is not None:
-                    dense.restore(loaded)
-                try:
-                    dense_ppl = perplexity(loaded.model, windows, on_event=on_event, cancel=cancel)
-                finally:
-                    if pruned is not None:
-                        pruned.restore(loaded)
-            pruned_ppl = perplexity(loaded.model, windows, on_event=on_event, cancel=cancel) if record else None
-            return dense_ppl, pruned_ppl
-
-        def done(result):
-            dense_ppl, pruned_ppl = result
-            self.dense_ppl[key] = dense_ppl
-            if record is not None:
-                record.ppl_dense, record.ppl = dense_ppl.ppl, pruned_ppl.ppl
-            self.evaluation_done.emit((record, dense_ppl, pruned_ppl))
-
-        self.engine.submit("evaluation", job, on_done=done, on_error=self._fail, on_event=self.progress.emit)
-
-    # ---- export --------------------------------------------------------------------------------------
-    @property
-    def can_export_compact(self) -> bool:
-        """The compact format stores 2:4 weights only: it is offered when the model holds a 2:4 run."""
-        return self.applied is not None and str(self.applied.result.plan.pattern) == "2:4"
+    def evaluate(self, request: wb.EvaluationRequest) -> None:
+        self._submit("evaluation", lambda job: wb.evaluate(self.bench, request, job),
+                     lambda e: self.evaluation_done.emit((e.record, e.dense, e.pruned)))
 
     def export(self, out: str, overwrite: bool, compact: bool = False) -> None:
-        if not self._need_model():
-            return
+        request = wb.ExportRequest(out, overwrite, "compact" if compact else "hf")
         try:
-            check_output(out, overwrite)
+            self.bench.need_model()
+            if self.bench.applied is None:
+                raise UserError("Nothing to export yet: run a pruning method first.")
+            request.check(self.bench.applied.plan.pattern)
         except UserError as exc:
-            self.error.emit(str(exc))
-            return
-        loaded, record, calib = self.loaded, self.applied, self.calib
-        if record is None:
-            self.error.emit("Nothing to export yet: run a pruning method first.")
-            return
-        if compact and not self.can_export_compact:
-            self.error.emit(f"The compact format stores 2:4 weights only and the last run is {record.pattern}: "
-                            "run with pattern 2:4, or export in the ordinary format.")
-            return
+            return self.error.emit(str(exc))
+        self._submit("export", lambda job: wb.export_run(self.bench, request, job),
+                     lambda done: self.export_done.emit(str(done.path), done.description))
 
-        def job(on_event, cancel):
-            report = build_report(loaded, record.result, calib, durations={"prune": record.seconds})
-            if record.ppl is not None:
-                report["perplexity"] = {"dense": {"ppl": record.ppl_dense}, "pruned": {"ppl": record.ppl}}
-            if compact:
-                summary = export_compact(loaded, out, report, calib, overwrite=overwrite, on_event=on_event)
-                return str(summary.out), _describe_compact(summary)
-            folder = write_export(loaded, out, report, calib, overwrite=overwrite, on_event=on_event)
-            return str(folder), _describe_dense(folder)
+    def restore_dense(self) -> None:
+        if self.bench.applied is not None and not self.running:
+            self._submit("restore", lambda job: wb.restore_dense(self.bench, job), lambda _: self.weights_restored.emit())
 
-        self.engine.submit("export", job, on_done=lambda done: self.export_done.emit(*done), on_error=self._fail,
-                           on_event=self.progress.emit)
-
-    # ---- kernel benchmark ----------------------------------------------------------------------------
-    def start_benchmark(self, options) -> bool:
-        from core.bench import KernelMeasured, MemorySampled, run_benchmark
-
-        if not self._need_model():
-            return False
+    def start_benchmark(self, choices) -> bool:
         try:
+            options = choices if isinstance(choices, BenchOptions) else BenchOptions.from_choices(**choices)
             options.validate()
+            self.bench.need_model()
         except UserError as exc:
             self.error.emit(str(exc))
             return False
-        loaded = self.loaded
-
-        def on_event(event):
-            if isinstance(event, KernelMeasured):
-                self.bench_result.emit(event.result)
-            elif isinstance(event, MemorySampled):
-                self.bench_memory.emit(event.sample)
-            else:
-                self.progress.emit(event)
-
-        def done(report):
-            self._bench_job, self.bench_report = None, report
-            self.bench_finished.emit(report)
-
-        def stopped(*_):
-            self._bench_job = None
-            self.bench_finished.emit(None)
-
-        def failed(message, user_error):
-            stopped()
-            self._fail(message, user_error)
-
-        self._bench_job = self.engine.submit(
-            "benchmark", lambda on_ev, cancel: run_benchmark(loaded, options, on_event=on_ev, cancel=cancel),
-            on_done=done, on_error=failed, on_event=on_event, on_cancelled=stopped)
+        self._bench = self._submit("benchmark", lambda job: wb.benchmark(self.bench, options, job), self._bench_done,
+                                   on_event=self._bench_event, on_error=self._bench_error,
+                                   on_cancelled=lambda: self._bench_done(None))
         return True
 
+    def _bench_event(self, event) -> None:
+        if isinstance(event, KernelMeasured):
+            self.bench_result.emit(event.result)
+        elif isinstance(event, MemorySampled):
+            self.bench_memory.emit(event.sample)
+        else:
+            self.progress.emit(event)
+
+    def _bench_done(self, report) -> None:
+        self._bench = None
+        self.bench_finished.emit(report)
+
+    def _bench_error(self, message: str, user_error: bool = True) -> None:
+        self._bench_done(None)
+        self._fail(message, user_error)
+
     def stop_benchmark(self) -> None:
-        if getattr(self, "_bench_job", None) is not None:
-            self._bench_job.cancel.cancel()
+        if self._bench is not None:
+            self._bench.cancel.cancel()
 
     def save_benchmark(self, path: str) -> None:
-        report = getattr(self, "bench_report", None)
+        report = self.bench.bench_report
         if report is None:
-            self.error.emit("No finished benchmark to save yet.")
-            return
+            return self.error.emit("No finished benchmark to save yet.")
         text = report.to_json() if path.lower().endswith(".json") else report.to_csv()
         try:
             Path(path).write_text(text)
         except OSError as exc:
             self.error.emit(f"could not write {path}: {exc.strerror or exc}. Choose another file.")
 
-    # ---- plumbing ------------------------------------------------------------------------------------
-    def restore_dense(self) -> None:
-        if self.dense is None or self.applied is None or self.running:
+    # ---- views (second worker: only the latest request of each kind matters) -------------------------
+    def request_layer_view(self, name: str, sparsity: float = 0.5) -> None:
+        if self.bench.loaded is None:
             return
-        loaded, dense = self.loaded, self.dense
+        if self._view is not None:
+            self._view.cancel.cancel()
+        self._view = self._submit("layer view", lambda job: wb.layer_view(self.bench, name, sparsity, job),
+                                  self._view_done, worker=self.views, on_event=None)
 
-        def done(_):
-            self.applied = None
-            self.weights_restored.emit()
+    def _view_done(self, view) -> None:
+        self._view = None
+        self.layer_view_ready.emit(view)
 
-        self.engine.submit("restore", lambda on_event, cancel: dense.restore(loaded), on_done=done, on_error=self._fail)
+    def request_tile(self, name: str, rows: tuple[int, int], cols: tuple[int, int]) -> None:
+        if self.bench.loaded is None:
+            return
+        if self._tile is not None:
+            self._tile.cancel.cancel()
+        self._tile = self._submit("mask tile", lambda job: wb.layer_tile(self.bench, name, rows, cols, job),
+                                  lambda tile: self._tile_done(name, tile), worker=self.views, on_event=None)
 
-    def _need_model(self) -> bool:
-        if self.loaded is None:
-            self.error.emit("Open a model first: the welcome page offers the demo model, a folder, a .gguf file or a hub id.")
-            return False
-        return True
+    def _tile_done(self, name: str, tile) -> None:
+        self._tile = None
+        self.tile_ready.emit(name, tile)
 
-    def _fail(self, message: str, user_error: bool = True) -> None:
-        self.error.emit(message)
+    def compare(self, a: int, b: int, layer: str | None) -> None:
+        self._submit("compare runs", lambda job: wb.compare_runs(self.bench, a, b, layer, job),
+                     self.comparison_ready.emit, worker=self.views, on_event=None)
 
     def shutdown(self) -> None:
         self.engine.shutdown()
         self.views.shutdown()
-
 
 
 def _freeze_long_lived_objects() -> None:
@@ -435,15 +242,3 @@ def _freeze_long_lived_objects() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
-
-
-def _describe_dense(folder) -> str:
-    weights = sum(f.stat().st_size for f in Path(folder).glob("*.safetensors") if f.name != "calibration.safetensors")
-    return (f"weights {weights / 2**20:,.1f} MiB, the same size as the dense model: "
-            "pruned weights are stored as zeros")
-
-
-def _describe_compact(summary) -> str:
-    return (f"compact 2:4: {summary.layers} layers packed, weights {summary.compact_bytes / 2**20:,.1f} MiB, "
-            f"{summary.ratio:.0%} of the dense export's {summary.dense_bytes / 2**20:,.1f} MiB; "
-            "load it with compression-studio or unpack it first")

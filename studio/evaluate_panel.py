@@ -6,11 +6,11 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton,
                                QSpinBox, QVBoxLayout)
 
-from .controller import EvaluationChoice
+from core.workbench import EvaluationRequest
 
 
 class EvaluatePanel(QGroupBox):
-    evaluate_requested = Signal(object)   # EvaluationChoice
+    evaluate_requested = Signal(object)   # EvaluationRequest
 
     def __init__(self, parent=None):
         super().__init__("Evaluate", parent)
@@ -40,8 +40,8 @@ class EvaluatePanel(QGroupBox):
         layout.addWidget(self.button)
         layout.addWidget(self.result)
 
-    def choice(self) -> EvaluationChoice:
-        return EvaluationChoice(self.path.text().strip(), self.seqlen.value(), self.windows.value())
+    def choice(self) -> EvaluationRequest:
+        return EvaluationRequest(self.path.text().strip(), self.seqlen.value(), self.windows.value())
 
     def show_result(self, dense, pruned) -> None:
         text = f"dense {dense.ppl:.2f}"

@@ -25,6 +25,7 @@ class HistoryTable(QWidget):
         self.compare_button.clicked.connect(self._compare)
         self.summary = QLabel("Select two runs to compare their masks")
         self.summary.setObjectName("hint")
+        self.summary.setWordWrap(True)      # a long layer name wraps instead of widening the window
         self.difference = MaskHeatmap(title="Where the two runs' masks differ (fraction of weights per cell)",
                                       colormap="inferno", label="differ")
         self.difference.colorbar.setLevels((0, 1))
@@ -121,4 +122,5 @@ def _table(columns) -> QTableWidget:
 
 
 def _ppl(value) -> str:
-    return "—" if value is None else f"{value:.2f}"
+    """A perplexity record (`core.evaluation.perplexity.Perplexity`), or a dash when not measured."""
+    return "—" if value is None else f"{value.ppl:.2f}"

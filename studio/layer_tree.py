@@ -6,7 +6,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QLineEdit, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
 
-from core.plan import PrunePlan
+from core.pruning.plan import PrunePlan
 
 COLUMNS = ["Layer", "Shape", "Params", "Sparsity", "Error"]
 SPARSITY, ERROR = 3, 4
@@ -105,9 +105,6 @@ class LayerTree(QWidget):
             parent.setHidden(visible == 0)
             if text and visible:
                 parent.setExpanded(True)
-
-    def visible_layers(self) -> list[str]:
-        return [name for name, item in self.items.items() if not item.isHidden() and not item.parent().isHidden()]
 
     def _current_changed(self, current, _previous) -> None:
         name = current.data(0, NAME_ROLE) if current is not None else None

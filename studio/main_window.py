@@ -12,8 +12,7 @@ from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QDialog, QDockWidget, QMainWindow, QScrollArea, QSplitter, QStackedWidget, QTabWidget,
                                QVBoxLayout, QWidget)
 
-from core.events import Finished, LayerPruned
-from core.texts import PLAIN, TABULAR
+from core.data.texts import PLAIN, TABULAR
 
 from .bench_panel import BenchPanel
 from .calibration_panel import CalibrationPanel
@@ -240,7 +239,11 @@ class MainWindow(QMainWindow):
     @Slot(object)
     def _calibration_ready(self, calib) -> None:
         self.calibration_panel.show_ready(calib)
-        self.progress_panel.end(f"done: {calib.nsamples} calibration windows × {calib.seqlen} tokens")
+        text = f"{calib.nsamples} calibration windows × {calib.seqlen} tokens"
+        if self.controller.running:          # the first step of a run: the run's progress goes on
+            self.progress_panel.write(text)
+        else:
+            self.progress_panel.end(f"done: {text}")
 
     @Slot(object)
     def _run_started(self, plan) -> None:

@@ -12,7 +12,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import QRectF, QTimer, Signal
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-from core.session import TILE_CELLS
+from core.analysis.views import TILE_CELLS
 
 pg.setConfigOptions(imageAxisOrder="row-major")
 

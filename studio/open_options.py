@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QWidget
 
-from core.models import DTYPES
+from core.compute import MODEL_DTYPES
 
 TRUST_WARNING = "Runs Python code shipped with the model by its authors on this machine: only for models you trust."
 
@@ -13,7 +13,7 @@ class OpenOptions(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.dtype = QComboBox()
-        self.dtype.addItems(list(DTYPES))            # float32 first: the default
+        self.dtype.addItems(list(MODEL_DTYPES))            # float32 first: the default
         self.dtype.setToolTip("The dtype the weights are loaded in; float16 and bfloat16 halve the memory.")
         self.trust_remote_code = QCheckBox("trust remote code")
         self.trust_remote_code.setToolTip(TRUST_WARNING)
@@ -32,5 +32,5 @@ class OpenOptions(QWidget):
         if not state:
             return
         dtype = str(state.get("dtype", "float32"))
-        self.dtype.setCurrentText(dtype if dtype in DTYPES else "float32")
+        self.dtype.setCurrentText(dtype if dtype in MODEL_DTYPES else "float32")
         self.trust_remote_code.setChecked(str(state.get("trust_remote_code", False)).lower() in ("true", "1"))

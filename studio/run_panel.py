@@ -1,5 +1,5 @@
 """Pruning choices: method, sparsity, pattern, SparseGPT options, device, per-layer overrides and the
-ignore list. Collects them as keyword arguments for `core.plan.PrunePlan.build`; validates nothing
+ignore list. Collects them as keyword arguments for `core.pruning.plan.PrunePlan.build`; validates nothing
 itself (the plan does, and its message is shown)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout,
                                QLineEdit, QPlainTextEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
-from core.methods import METHODS
-from core.methods.sparsegpt import Options
+from core.pruning.methods import METHODS
+from core.pruning.methods.sparsegpt import Options
 
 
 class RunPanel(QGroupBox):
@@ -82,18 +82,17 @@ class RunPanel(QGroupBox):
         layout.addLayout(buttons)
 
     def plan_options(self) -> dict:
-        """Keyword arguments for PrunePlan.build; malformed override lines become a message there."""
+        """Keyword arguments for PrunePlan.build, overrides and ignore list as typed (the plan parses them)."""
         pattern = self.pattern.currentText().strip() or "unstructured"
-        options = {
+        return {
             "method": self.method.currentData(),
             "pattern": pattern,
             "sparsity": None if pattern != "unstructured" else self.sparsity.value(),
             "device": self.device.currentData(),
-            "overrides": tuple(parse_overrides(self.overrides.toPlainText())),
-            "ignore": tuple(g.strip() for g in self.ignore.text().split(",") if g.strip()),
+            "overrides": tuple(self.overrides.toPlainText().splitlines()),
+            "ignore": self.ignore.text(),
             "sparsegpt": Options(self.blocksize.value(), self.dampening.value(), self.update_weights.isChecked()),
         }
-        return options
 
     def set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)
@@ -117,20 +116,6 @@ class RunPanel(QGroupBox):
     def _pattern_changed(self, text: str) -> None:
         structured = text.strip() not in ("", "unstructured")
         self.sparsity.setEnabled(not structured)
-
-
-def parse_overrides(text: str):
-    """`glob = value` lines; a line that is not of that form is passed on as an impossible value with
-    its text so the plan's validation names it."""
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        glob, _, value = line.rpartition("=")
-        try:
-            yield glob.strip() or line, float(value)
-        except ValueError:
-            yield line, float("nan")
 
 
 def devices() -> list[tuple[str, str]]:

@@ -7,7 +7,8 @@ import sys
 from PySide6.QtCore import QObject, QTimer, Slot
 from PySide6.QtWidgets import QApplication
 
-from .controller import EvaluationChoice
+from core.kernels.benchmark import BenchOptions
+from core.workbench import EvaluationRequest
 
 SHOWN_LAYER = "mlp.down_proj"
 
@@ -48,7 +49,7 @@ class ScreenshotDriver(QObject):
             self.window.evaluate_panel.path.setText(self.eval_path)
             self.window.evaluate_panel.seqlen.setValue(self.seqlen)
             self.window.evaluate_panel.windows.setValue(8)
-            self.window.evaluate(EvaluationChoice(self.eval_path, self.seqlen, 8))
+            self.window.evaluate(EvaluationRequest(self.eval_path, self.seqlen, 8))
         else:
             QTimer.singleShot(500, self._save)
 
@@ -65,8 +66,6 @@ class ScreenshotDriver(QObject):
     def _save(self) -> None:
         self.window.tabs.setCurrentIndex(self.tab)
         if self.tab == 3:          # a quick CPU-sized benchmark, then the picture
-            from core.bench import BenchOptions
-
             self.window.bench.tokens.setText("1,16,128,512")
             self.window.start_benchmark(BenchOptions(tokens=(1, 16, 128, 512), end_to_end=True, new_tokens=8,
                                                      prompt_tokens=32, budget_s=0.1))

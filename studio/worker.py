@@ -1,8 +1,9 @@
 """Run engine jobs on a QThread and hand their events and results back to the GUI thread.
 
-A job is any callable `fn(on_event, cancel) -> result`. It runs on the worker's thread; its events
-travel as queued signals to `Worker`, a QObject living in the GUI thread, whose slots call the
-job's callbacks there. Cancel sets the job's `CancelToken`; the engine stops at its next check.
+A job is any callable `fn(job) -> result`, `job` being the engine's job context (`core.events.Job`).
+It runs on the worker's thread; its events travel as queued signals to `Worker`, a QObject living in
+the GUI thread, whose slots call the job's callbacks there. Cancel sets the job's `CancelToken`; the
+engine stops at its next check.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from typing import Any, Callable
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from core.errors import UserError
-from core.events import CancelToken, Cancelled
+from core.events import CancelToken, Cancelled, Job as JobContext
 
 
 @dataclass
-class Job:
+class Task:
     id: int
     name: str
     fn: Callable
@@ -39,12 +40,12 @@ class _Executor(QObject):
     cancelled = Signal(int)
 
     @Slot(object)
-    def run(self, job: Job) -> None:
+    def run(self, job: Task) -> None:
         if job.cancel.cancelled:
             self.cancelled.emit(job.id)
             return
         try:
-            result = job.fn(lambda e: self.event.emit(job.id, e), job.cancel)
+            result = job.fn(JobContext(lambda e: self.event.emit(job.id, e), job.cancel))
         except Cancelled:
             self.cancelled.emit(job.id)
         except UserError as exc:
@@ -66,7 +67,7 @@ class Worker(QObject):
     def __init__(self, name: str, parent: QObject | None = None):
         super().__init__(parent)
         self._ids = itertools.count(1)
-        self._jobs: dict[int, Job] = {}
+        self._jobs: dict[int, Task] = {}
         self._thread = QThread()
         self._thread.setObjectName(name)
         self._executor = _Executor()
@@ -82,8 +83,8 @@ class Worker(QObject):
     def busy(self) -> bool:
         return bool(self._jobs)
 
-    def submit(self, name: str, fn: Callable, **callbacks) -> Job:
-        job = Job(next(self._ids), name, fn, **callbacks)
+    def submit(self, name: str, fn: Callable, **callbacks) -> Task:
+        job = Task(next(self._ids), name, fn, **callbacks)
         was_busy = self.busy
         self._jobs[job.id] = job
         if not was_busy:
@@ -102,7 +103,7 @@ class Worker(QObject):
         self._thread.wait()
         self._executor.deleteLater()
 
-    def _finish(self, job_id: int) -> Job | None:
+    def _finish(self, job_id: int) -> Task | None:
         job = self._jobs.pop(job_id, None)
         if not self._jobs:
             self.busy_changed.emit(False)

@@ -97,7 +97,7 @@ def sample_text(words: int = 4000, seed: int = 0) -> str:
 
 def tiny_calibration(tokenizer, nsamples: int = 8, seqlen: int = 32, seed: int = 0):
     """A CalibrationSet of `nsamples` windows drawn from `sample_text()` the way the engine draws them."""
-    from core.calibration import CalibrationSet, draw_windows, tokenize
+    from core.data.calibration import CalibrationSet, draw_windows, tokenize
 
     windows, starts = draw_windows(tokenize(tokenizer, sample_text(seed=seed)), nsamples, seqlen, seed)
     return CalibrationSet(windows, [], seed, starts=starts)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bench_fixtures import tiny_llama
+from tests.bench_fixtures import tiny_llama
 from core.cli import main
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.architectures import weight_matrix
+from core.models.architectures import weight_matrix
 
 pytest.importorskip("pytestqt")
 
@@ -175,21 +175,21 @@ def test_two_runs_are_compared_mask_by_mask(qtbot, studio_window, studio_tiny_ll
 
 
 def test_cancel_midway_restores_every_weight(qtbot, studio_window, studio_tiny_llama, studio_calib_text, monkeypatch):
-    import studio.controller as controller_module
+    import core.workbench as workbench_module
     from core.events import LayerPruned
 
     loaded = open_tiny(qtbot, studio_window, studio_tiny_llama)
     original = weights(loaded)
-    real_prune = controller_module.prune
+    real_prune = workbench_module.prune_in_memory
 
-    def prune_then_press_cancel(loaded, calib, plan, on_event, cancel, **kwargs):
+    def prune_then_press_cancel(loaded, calib, plan, job, **kwargs):
         def relay(event):
-            on_event(event)
+            job.emit(event)
             if isinstance(event, LayerPruned):
-                cancel.cancel()       # what the Cancel button does, at a known moment: after the first layer
-        return real_prune(loaded, calib, plan, relay, cancel, **kwargs)
+                job.cancel.cancel()   # what the Cancel button does, at a known moment: after the first layer
+        return real_prune(loaded, calib, plan, job.with_sink(relay), **kwargs)
 
-    monkeypatch.setattr(controller_module, "prune", prune_then_press_cancel)
+    monkeypatch.setattr(workbench_module, "prune_in_memory", prune_then_press_cancel)
     set_calibration(studio_window, studio_calib_text)
     pruned_events = []
     studio_window.controller.layer_pruned.connect(lambda result, view: pruned_events.append(result.name))
@@ -302,7 +302,7 @@ def test_settings_keep_last_parameters_and_geometry(qtbot, studio_settings):
 
 
 def test_evaluation_scores_dense_and_pruned(qtbot, studio_window, studio_tiny_llama, studio_calib_text):
-    from core.evaluate import evaluation_windows, perplexity
+    from core.evaluation.perplexity import evaluation_windows, perplexity
 
     loaded = open_tiny(qtbot, studio_window, studio_tiny_llama)
     windows = evaluation_windows(loaded.tokenizer, studio_calib_text, 32, 3)
@@ -323,7 +323,7 @@ def test_evaluation_scores_dense_and_pruned(qtbot, studio_window, studio_tiny_ll
 
 
 def test_benchmark_tab_streams_results_and_saves_them(qtbot, studio_window, studio_tiny_llama, tmp_path):
-    from core.bench import BenchOptions
+    from core.kernels.benchmark import BenchOptions
 
     open_tiny(qtbot, studio_window, studio_tiny_llama)
     bench = studio_window.bench
@@ -371,7 +371,7 @@ def test_closing_the_window_during_a_run_stops_it_and_restores_the_weights(qtbot
 
 def test_open_options_reach_the_engine_and_are_remembered(qtbot, studio_window, studio_tiny_llama, studio_settings,
                                                           monkeypatch):
-    import studio.controller as controller_module
+    import core.workbench as workbench_module
     from studio.main_window import MainWindow
     from studio.open_options import TRUST_WARNING
 
@@ -379,8 +379,8 @@ def test_open_options_reach_the_engine_and_are_remembered(qtbot, studio_window, 
     assert options.dtype.currentText() == "float32" and not options.trust_remote_code.isChecked()
     assert options.trust_remote_code.toolTip() == TRUST_WARNING and "authors" in TRUST_WARNING
     asked = []
-    real_open = controller_module.open_model
-    monkeypatch.setattr(controller_module, "open_model", lambda spec, **kw: asked.append(kw) or real_open(spec, **kw))
+    real_open = workbench_module.open_any
+    monkeypatch.setattr(workbench_module, "open_any", lambda spec, **kw: asked.append(kw) or real_open(spec, **kw))
     options.dtype.setCurrentText("bfloat16")
     options.trust_remote_code.setChecked(True)
     loaded = open_tiny(qtbot, studio_window, studio_tiny_llama)
@@ -409,7 +409,8 @@ def _tensors(folder) -> dict:
 
 def test_compact_export_after_a_two_four_run_unpacks_to_the_same_weights(qtbot, studio_window, studio_tiny_llama,
                                                                          studio_calib_text, tmp_path):
-    from core.compact import SUFFIX, unpack_folder
+    from core.formats.compact24 import SUFFIX
+    from core.export.compact import unpack_folder
     from studio.export_dialog import COMPACT_LABEL, ExportDialog
 
     controller = studio_window.controller
@@ -445,3 +446,4 @@ def test_compact_export_after_a_two_four_run_unpacks_to_the_same_weights(qtbot, 
     for name, tensor in expected.items():
         assert torch.equal(restored[name], tensor), name
     assert json.loads((unpacked / "sparsity.json").read_text())["pruning"]["pattern"] == "2:4"
+

@@ -1,0 +1,1 @@
+"""Text from the user's files, and the seeded calibration windows cut from it."""

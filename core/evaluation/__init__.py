@@ -1,0 +1,1 @@
+"""Measuring quality: perplexity over non-overlapping windows of an evaluation text."""

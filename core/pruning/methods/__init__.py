@@ -1,0 +1,20 @@
+"""Pruning methods: each a pure function of a weight [out, in], its statistics and a pattern.
+
+`prune(weight, stats, sparsity, pattern, options) -> MethodResult`, where the returned weight is a new
+float32 tensor with the pruned entries set to zero. `METHODS` maps the user-facing names to them.
+"""
+
+from __future__ import annotations
+
+from ..stats import COLUMN_NORMS, HESSIAN
+from . import magnitude, sparsegpt, wanda
+from .base import Method, MethodResult
+
+__all__ = ["METHODS", "Method", "MethodResult"]
+
+
+METHODS = {
+    "magnitude": Method("magnitude", magnitude.prune, frozenset(), "|W|, per layer (or per N:M group)"),
+    "wanda": Method("wanda", wanda.prune, frozenset({COLUMN_NORMS}), "|W|·‖X_j‖₂, per output row (or per N:M group)"),
+    "sparsegpt": Method("sparsegpt", sparsegpt.prune, frozenset({HESSIAN}), "OBS with H = 2XᵀX, blocks of 128 columns"),
+}

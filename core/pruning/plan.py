@@ -1,0 +1,90 @@
+"""The user's pruning choices, validated once; every problem is a `UserError` that says what to do."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+from ..compute import resolve_device
+from ..errors import UserError
+from ..inputs import parse_globs, parse_overrides
+from ..patterns import UNSTRUCTURED, Pattern, parse_pattern
+from .methods import METHODS
+from .methods.sparsegpt import Options as SparseGPTOptions
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    method: str = "wanda"
+    sparsity: float = 0.5
+    pattern: Pattern = UNSTRUCTURED
+    overrides: tuple[tuple[str, float], ...] = ()   # (name glob, sparsity), first match wins
+    ignore: tuple[str, ...] = ()                     # name globs left dense
+    sparsegpt: SparseGPTOptions = field(default_factory=SparseGPTOptions)
+    device: str = "auto"
+    batch_size: int = 0                              # windows per forward pass; 0 = about 4096 tokens
+    error_tokens: int = 2048                         # calibration tokens the per-layer output error is measured on
+
+    @classmethod
+    def build(cls, *, method="wanda", sparsity=None, pattern="unstructured", overrides=(), ignore=(),
+              **kwargs) -> "PrunePlan":
+        """A validated plan; `overrides` may be typed as 'GLOB=SPARSITY' lines and `ignore` as comma-separated globs."""
+        pattern = pattern if isinstance(pattern, Pattern) else parse_pattern(pattern)
+        if any(isinstance(item, str) for item in overrides):
+            overrides = parse_overrides(overrides)
+        ignore = parse_globs(ignore) if isinstance(ignore, str) else tuple(ignore)
+        if sparsity is None:
+            sparsity = pattern.sparsity if pattern.structured else 0.5
+        plan = cls(method=method, sparsity=float(sparsity), pattern=pattern, overrides=tuple(overrides), ignore=ignore,
+                   **kwargs)
+        plan.validate()
+        return plan
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise UserError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}.")
+        if not 0 <= self.sparsity < 1:
+            raise UserError(f"sparsity {self.sparsity:g} is outside [0, 1): give the fraction of weights to remove, e.g. 0.5.")
+        if self.pattern.structured and abs(self.sparsity - self.pattern.sparsity) > 1e-9:
+            raise UserError(
+                f"pattern {self.pattern} removes {self.pattern.sparsity:.0%} of every group, "
+                f"which conflicts with sparsity {self.sparsity:g}: leave the sparsity out or set it to {self.pattern.sparsity:g}."
+            )
+        if self.pattern.structured and self.overrides:
+            raise UserError("per-layer sparsity overrides need the unstructured pattern; use the ignore list to keep layers dense.")
+        for glob, value in self.overrides:
+            if not 0 <= value < 1:
+                raise UserError(f"override {glob}={value:g}: sparsity must be in [0, 1).")
+        options = self.sparsegpt
+        if options.blocksize < 1 or (self.pattern.structured and options.blocksize % self.pattern.m):
+            raise UserError(f"SparseGPT blocksize {options.blocksize} must be positive and a multiple of M={self.pattern.m or 1}.")
+        if not 0 < options.dampening <= options.max_dampening:
+            raise UserError(f"SparseGPT dampening {options.dampening:g} must be in (0, {options.max_dampening:g}].")
+        if self.batch_size < 0 or self.error_tokens < 0:
+            raise UserError("batch size and error tokens cannot be negative.")
+        resolve_device(self.device)
+
+    def target_for(self, full_name: str) -> float | None:
+        """The sparsity for a layer, or None when the ignore list keeps it dense."""
+        if any(_matches(full_name, glob) for glob in self.ignore):
+            return None
+        for glob, value in self.overrides:
+            if _matches(full_name, glob):
+                return value
+        return self.sparsity
+
+    def describe(self) -> dict:
+        return {
+            "method": self.method,
+            "sparsity": self.sparsity,
+            "pattern": str(self.pattern),
+            "overrides": [list(o) for o in self.overrides],
+            "ignore": list(self.ignore),
+            "sparsegpt": vars(self.sparsegpt) if self.method == "sparsegpt" else None,
+            "batch_size": self.batch_size,
+            "error_tokens": self.error_tokens,
+        }
+
+
+def _matches(name: str, glob: str) -> bool:
+    return fnmatch.fnmatchcase(name, glob) or fnmatch.fnmatchcase(name, f"*{glob}")

@@ -1,0 +1,421 @@
+"""The Qt-free state of one working session, and the jobs that act on it.
+
+Both front ends drive the engine through this module only. `core.cli` calls the jobs one after the
+other and draws their events; the studio's controller submits the same jobs to a worker thread and turns
+their results into signals. A job is a plain function `name(bench, request, job)`: `bench` is the
+`Workbench`, `request` says what to do, `job` (`core.events.Job`) carries the event sink and the cancel
+check. A cancelled or failed job leaves the workbench as it was.
+
+A workbench that `remembers` (the studio) keeps the dense weights in memory so every run starts from the
+same model, each run's masks in bits so runs can be compared, and display summaries of every layer. One
+that does not (the command line) makes one run and keeps nothing it does not need.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .analysis import summaries
+from .analysis.comparison import Comparison, compare, pack_masks
+from .analysis.views import LayerView, Tile, current_weight, dense_view, run_view, tile
+from .data.calibration import CalibrationSet, default_seqlen, load_calibration
+from .errors import UserError
+from .events import Event, Job, LayerPruned, as_job
+from .evaluation.perplexity import Perplexity, evaluation_windows, perplexity
+from .export.compact import CompactSummary, export_compact
+from .export.folder import check_output, write_export
+from .export.report import build_report
+from .export.streaming import prune_streaming
+from .formats.compact24 import weight_files
+from .formats.names import CALIBRATION
+from .kernels.benchmark import BenchOptions, BenchReport, run_benchmark
+from .models.demo import ensure_demo
+from .models.loaded import LoadedModel
+from .models.open import open_model as open_any
+from .models.streaming import open_streaming
+from .patterns import is_two_four
+from .pruning.pipeline import PruneResult, prune as prune_in_memory
+from .pruning.plan import PrunePlan
+from .pruning.snapshot import WeightSnapshot
+
+EXPORT_FORMATS = ("hf", "compact")
+
+
+# ---------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True)
+class OpenRequest:
+    spec: str                       # a folder, a .gguf file, a cached hub id, or "demo"
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+    stream: bool = False            # a skeleton whose blocks are read from disk one at a time
+
+
+@dataclass(frozen=True)
+class CalibrationRequest:
+    files: tuple[str, ...]
+    nsamples: int = 128
+    seqlen: int | None = None       # None: min(2048, the model's context)
+    seed: int = 0
+    text_field: str = "text"
+
+
+@dataclass(frozen=True)
+class EvaluationRequest:
+    path: str
+    seqlen: int | None = None       # None: min(2048, the model's context)
+    windows: int | None = None      # at most this many windows; None: every window of the text
+    text_field: str = "text"
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    out: str
+    overwrite: bool = False
+    format: str = "hf"              # "hf": an ordinary folder; "compact": 2:4 values + positions
+
+    def check(self, pattern) -> Path:
+        """Refuse, before any work, what this export cannot do for a run of `pattern`; the target folder."""
+        if self.format not in EXPORT_FORMATS:
+            raise UserError(f"unknown export format {self.format!r}: choose one of {', '.join(EXPORT_FORMATS)}.")
+        if self.format == "compact" and not is_two_four(pattern):
+            raise UserError(f"the compact format stores 2:4 weights only and this run is {pattern}: "
+                            "prune with pattern 2:4 (--pattern 2:4), or export in the ordinary format.")
+        return check_output(self.out, self.overwrite)
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Calibrated(Event):
+    """The calibration windows are ready (sent by `calibrate`, also inside a run)."""
+
+    calib: CalibrationSet
+
+
+@dataclass
+class RunRecord:
+    """One pruning run: its plan and result, its masks and layer views (when remembered), its perplexities."""
+
+    number: int
+    plan: PrunePlan
+    result: PruneResult
+    masks: dict = field(default_factory=dict)          # full layer name -> PackedMask
+    layer_views: dict = field(default_factory=dict)    # full layer name -> LayerView
+    ppl_dense: Perplexity | None = None
+    ppl: Perplexity | None = None
+    exported: Path | None = None                       # where a streamed run wrote its model
+
+    method = property(lambda self: self.plan.method)
+    pattern = property(lambda self: str(self.plan.pattern))
+    target_sparsity = property(lambda self: self.plan.sparsity)
+    sparsity = property(lambda self: self.result.sparsity)
+    seconds = property(lambda self: self.result.seconds)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    dense: Perplexity
+    pruned: Perplexity | None
+    record: RunRecord | None        # the run measured, if one was applied
+
+
+@dataclass(frozen=True)
+class Exported:
+    path: Path
+    description: str                # a sentence on what was written and its size
+    compact: CompactSummary | None = None
+
+
+# ---------------------------------------------------------------- state
+
+
+class Workbench:
+    """The model, its calibration, the dense weights to come back to, the runs, and the run applied now."""
+
+    def __init__(self, remember: bool = True):
+        self.remember = remember
+        self.loaded: LoadedModel | None = None
+        self.streamed = False
+        self.calib: CalibrationSet | None = None
+        self.calib_request: CalibrationRequest | None = None
+        self.dense: WeightSnapshot | None = None
+        self.runs: list[RunRecord] = []
+        self.applied: RunRecord | None = None         # the run whose weights the model holds now
+        self.pruning = False                           # a run is changing the weights right now
+        self.dense_ppl: dict = {}                      # EvaluationRequest -> Perplexity of the dense model
+        self.previews: dict = {}                       # (layer, sparsity) -> LayerView of the dense model
+        self.load_seconds = 0.0                        # opening plus calibration
+        self.bench_report: BenchReport | None = None
+
+    def need_model(self) -> LoadedModel:
+        if self.loaded is None:
+            raise UserError("Open a model first: the welcome page offers the demo model, a folder, a .gguf file "
+                            "or a hub id.")
+        return self.loaded
+
+    def run(self, number: int) -> RunRecord:
+        found = next((r for r in self.runs if r.number == number), None)
+        if found is None:
+            raise UserError(f"there is no run {number}.")
+        return found
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def open_model(bench: Workbench, request: OpenRequest, job: Job | None = None) -> LoadedModel:
+    """Open a model; the workbench then holds it alone (calibration, runs and caches start afresh)."""
+    job, started = as_job(job), time.perf_counter()
+    if not request.spec.strip():
+        raise UserError("Type a model folder, a .gguf file, a hub id or 'demo' first.")
+    if request.stream:
+        loaded = open_streaming(_streamable_folder(request.spec, job), trust_remote_code=request.trust_remote_code,
+                                job=job)
+    else:
+        loaded = open_any(request.spec.strip(), dtype=request.dtype, trust_remote_code=request.trust_remote_code,
+                          job=job)
+    bench.__init__(bench.remember)
+    bench.loaded, bench.streamed = loaded, request.stream
+    bench.load_seconds = time.perf_counter() - started
+    return loaded
+
+
+def _streamable_folder(spec: str, job: Job) -> Path:
+    folder = ensure_demo(job) if spec == "demo" else Path(spec).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"{spec}: streaming needs a model folder with safetensors weights (or 'demo').")
+    return folder
+
+
+def calibrate(bench: Workbench, request: CalibrationRequest, job: Job | None = None) -> CalibrationSet:
+    """Tokenize the calibration files and draw the windows, unless the same request is loaded already."""
+    job, started = as_job(job), time.perf_counter()
+    loaded = bench.need_model()
+    if bench.calib is None or bench.calib_request != request:
+        seqlen = request.seqlen or default_seqlen(loaded.context_length)
+        calib = load_calibration(list(request.files), loaded.tokenizer, nsamples=request.nsamples, seqlen=seqlen,
+                                 seed=request.seed, text_field=request.text_field, job=job)
+        bench.calib, bench.calib_request = calib, request
+        bench.load_seconds += time.perf_counter() - started
+    job.emit(Calibrated(bench.calib))
+    return bench.calib
+
+
+def prune(bench: Workbench, plan: PrunePlan, job: Job | None = None, *, memory_budget: int | None = None,
+          export: ExportRequest | None = None) -> RunRecord:
+    """Prune the dense model by `plan`; the run becomes the applied one. A streamed model is pruned
+    straight into `export` (which it needs); a model in memory is exported afterwards with `export_run`.
+    On cancel or error the model is dense again, with no run applied."""
+    job = as_job(job)
+    loaded = bench.need_model()
+    plan.validate()
+    if bench.calib is None:
+        raise UserError("Load calibration text first: a run needs calibration windows.")
+    if export is not None:
+        export.check(plan.pattern)
+    number = len(bench.runs) + 1
+    views: dict[str, LayerView] = {}
+    watched = job.with_sink(_layer_views(job, plan, views))
+    summarize = summaries.summarize if bench.remember else None
+    if bench.streamed:
+        return _prune_streamed(bench, plan, number, export, watched, summarize, views, memory_budget)
+    _start_dense(bench)
+    bench.applied, bench.pruning = None, True
+    dense = bench.dense.weights if bench.dense is not None else None
+    try:
+        result = prune_in_memory(loaded, bench.calib, plan, watched, summarize=summarize,
+                                 memory_budget=memory_budget, dense=dense)
+    finally:
+        bench.pruning = False
+    masks = pack_masks(loaded, [layer.name for layer in result.layers]) if bench.remember else {}
+    return _keep(bench, RunRecord(number, plan, result, masks, views))
+
+
+def _layer_views(job: Job, plan: PrunePlan, views: dict):
+    """A sink that turns each pruned layer's summary into the view the studio draws, then passes it on."""
+    def on_event(event):
+        if isinstance(event, LayerPruned) and event.summary is not None:
+            view = run_view(event.result.name, event.result.shape, event.summary, plan.method)
+            views[event.result.name] = view
+            event = LayerPruned(event.block, event.result, view)
+        job.emit(event)
+    return on_event
+
+
+def _start_dense(bench: Workbench) -> None:
+    """Every in-memory run starts from the dense model: snapshot it before the first run, restore it before later ones."""
+    if bench.applied is None and bench.dense is None and bench.remember:
+        bench.dense = WeightSnapshot(bench.loaded)
+    elif bench.applied is not None:
+        if bench.dense is None:
+            raise UserError("this session keeps no dense copy of the model, so it cannot prune it again: "
+                            "open the model afresh.")
+        bench.dense.restore(bench.loaded)
+
+
+def _prune_streamed(bench, plan, number, export, job, summarize, views, memory_budget) -> RunRecord:
+    if export is None:
+        raise UserError("a streamed model is pruned straight into its export: choose the output folder.")
+    if export.format != "hf":
+        raise UserError("the compact format is not available for streamed runs yet: prune with streaming, "
+                        "then compact the folder in memory, or prune in memory.")
+    record = RunRecord(number, plan, None, {}, views)
+
+    def report(result, seconds):
+        record.result = result
+        return report_of(bench, record, total=seconds)
+
+    result, path = prune_streaming(bench.loaded, bench.calib, plan, export.out, job, overwrite=export.overwrite,
+                                   summarize=summarize, memory_budget=memory_budget, report=report)
+    record.result, record.exported = result, path
+    return _keep(bench, record)
+
+
+def _keep(bench: Workbench, record: RunRecord) -> RunRecord:
+    if bench.remember:
+        bench.runs.append(record)
+    bench.applied = record
+    return record
+
+
+def restore_dense(bench: Workbench, job: Job | None = None) -> None:
+    """Put the dense weights back; no run is applied afterwards."""
+    if bench.applied is None:
+        return
+    if bench.dense is None:
+        raise UserError("this session keeps no dense copy of the model: open the model afresh.")
+    bench.dense.restore(bench.need_model())
+    bench.applied = None
+
+
+def evaluate(bench: Workbench, request: EvaluationRequest, job: Job | None = None) -> Evaluation:
+    """Perplexity of the dense model (measured once per request) and of the applied run, if any; the run
+    keeps both."""
+    job = as_job(job)
+    loaded = bench.need_model()
+    if bench.streamed:
+        raise UserError("a streamed model is never whole in memory, so it cannot be evaluated here: "
+                        "run `compression-studio eval` on the exported folder.")
+    seqlen = request.seqlen or default_seqlen(loaded.context_length)
+    windows = evaluation_windows(loaded.tokenizer, request.path, seqlen, request.windows, request.text_field)
+    record = bench.applied
+    dense = bench.dense_ppl.get(request)
+    if dense is None:
+        dense = _dense_perplexity(bench, windows, job)
+    pruned = perplexity(loaded.model, windows, job=job) if record is not None else None
+    bench.dense_ppl[request] = dense
+    if record is not None:
+        record.ppl_dense, record.ppl = dense, pruned
+    return Evaluation(dense, pruned, record)
+
+
+def _dense_perplexity(bench: Workbench, windows, job: Job) -> Perplexity:
+    if bench.applied is None:
+        return perplexity(bench.loaded.model, windows, job=job)
+    if bench.dense is None:
+        raise UserError("measure the dense model before pruning: this session keeps no dense copy.")
+    pruned = WeightSnapshot(bench.loaded)
+    bench.dense.restore(bench.loaded)
+    try:
+        return perplexity(bench.loaded.model, windows, job=job)
+    finally:
+        pruned.restore(bench.loaded)
+
+
+def report_of(bench: Workbench, record: RunRecord, total: float | None = None) -> dict:
+    """`sparsity.json` for a run: the same plan on the same calibration gives the same report from every front end."""
+    durations = {"load": bench.load_seconds}
+    if record.ppl_dense is not None:
+        durations["eval_dense"] = record.ppl_dense.seconds
+    durations["prune"] = record.result.seconds
+    if record.ppl is not None:
+        durations["eval_pruned"] = record.ppl.seconds
+    if total is not None:
+        durations["total"] = total
+    return build_report(bench.loaded, record.result, bench.calib, record.ppl_dense, record.ppl, durations)
+
+
+def can_export(bench: Workbench, format: str) -> bool:
+    """Whether the applied run can be written in `format` (the compact format takes 2:4 runs only)."""
+    return bench.applied is not None and (format != "compact" or is_two_four(bench.applied.plan.pattern))
+
+
+def export_run(bench: Workbench, request: ExportRequest, job: Job | None = None) -> Exported:
+    """Write the applied run's model with its report and calibration windows, atomically."""
+    job = as_job(job)
+    loaded = bench.need_model()
+    record = bench.applied
+    if record is None:
+        raise UserError("Nothing to export yet: run a pruning method first.")
+    request.check(record.plan.pattern)
+    if record.exported is not None:
+        raise UserError(f"this run was written to {record.exported} while it ran: copy that folder instead.")
+    report = report_of(bench, record)
+    if request.format == "compact":
+        summary = export_compact(loaded, request.out, report, bench.calib, overwrite=request.overwrite, job=job)
+        return Exported(summary.out, describe_compact(summary), summary)
+    folder = write_export(loaded, request.out, report, bench.calib, overwrite=request.overwrite, job=job)
+    return Exported(folder, describe_dense(folder))
+
+
+def describe_dense(folder: Path) -> str:
+    weights = sum(f.stat().st_size for f in weight_files(Path(folder), compact=False) if f.name != CALIBRATION)
+    return (f"weights {weights / 2**20:,.1f} MiB, the same size as the dense model: "
+            "pruned weights are stored as zeros")
+
+
+def describe_compact(summary: CompactSummary) -> str:
+    return (f"compact 2:4: {summary.layers} layers packed, weights {summary.compact_bytes / 2**20:,.1f} MiB, "
+            f"{summary.ratio:.0%} of the dense export's {summary.dense_bytes / 2**20:,.1f} MiB; "
+            "load it with compression-studio or unpack it first")
+
+
+def benchmark(bench: Workbench, options: BenchOptions, job: Job | None = None) -> BenchReport:
+    """Dense against the 2:4 kernels for the model's layer shapes, then end to end; the report is kept."""
+    options.validate()
+    bench.bench_report = run_benchmark(bench.need_model(), options, job)
+    return bench.bench_report
+
+
+# ---------------------------------------------------------------- views (run on a second worker thread)
+
+
+def layer_view(bench: Workbench, name: str, sparsity: float = 0.5, job: Job | None = None) -> LayerView:
+    """A layer as the applied run left it, or a magnitude preview of its dense weights (cached)."""
+    as_job(job).check()
+    if bench.applied is not None and name in bench.applied.layer_views:
+        return bench.applied.layer_views[name]
+    dense_now = bench.applied is None and not bench.pruning    # the model holds its dense weights
+    view = bench.previews.get((name, sparsity)) if dense_now else None
+    if view is None:
+        view = dense_view(name, current_weight(bench.need_model(), name), sparsity)
+        if dense_now and bench.applied is None and not bench.pruning:
+            bench.previews[(name, sparsity)] = view
+    return view
+
+
+def layer_tile(bench: Workbench, name: str, rows: tuple[int, int], cols: tuple[int, int],
+               job: Job | None = None) -> Tile:
+    """The weights of a zoomed region, before and after the applied run, with their scores where known."""
+    as_job(job).check()
+    loaded, record = bench.need_model(), bench.applied
+    current = current_weight(loaded, name)
+    before = bench.dense.weights[name] if bench.dense is not None and record is not None else current
+    view = record.layer_views.get(name) if record is not None else None
+    factors = view.summary.score_factors if view is not None else None
+    if factors is None or factors[1] is None:      # no run's score: |W|, as a magnitude run would rank
+        factors = (1, np.ones(current.shape[1], np.float32))
+    return tile(before, current, rows, cols, factors)
+
+
+def compare_runs(bench: Workbench, a: int, b: int, layer: str | None, job: Job | None = None) -> Comparison:
+    if a == b:
+        raise UserError("Select two different runs in the history table to compare them.")
+    return compare(bench.run(a), bench.run(b), layer)
