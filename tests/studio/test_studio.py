@@ -447,3 +447,32 @@ def test_compact_export_after_a_two_four_run_unpacks_to_the_same_weights(qtbot, 
         assert torch.equal(restored[name], tensor), name
     assert json.loads((unpacked / "sparsity.json").read_text())["pruning"]["pattern"] == "2:4"
 
+
+def test_the_studio_and_the_command_line_write_the_same_report(qtbot, studio_window, studio_tiny_llama,
+                                                                studio_calib_text, tmp_path, capsys):
+    """The same plan on the same calibration: the window's export and `compression-studio prune` give the
+    same sparsity.json and the same weights, durations aside."""
+    from core.cli import main
+
+    open_tiny(qtbot, studio_window, studio_tiny_llama)
+    set_calibration(studio_window, studio_calib_text, nsamples=4, seqlen=32)
+    run(qtbot, studio_window, "sparsegpt", "unstructured", 0.4)
+    with qtbot.waitSignal(studio_window.controller.export_done, timeout=WAIT):
+        studio_window.controller.export(str(tmp_path / "studio"), False)
+    assert main(["prune", str(studio_tiny_llama), "--calib", str(studio_calib_text), "--nsamples", "4", "--seqlen",
+                 "32", "--method", "sparsegpt", "--sparsity", "0.4", "--device", "cpu",
+                 "--out", str(tmp_path / "cli")]) == 0
+    capsys.readouterr()
+
+    def report(folder):
+        data = json.loads((folder / "sparsity.json").read_text())
+        del data["durations_seconds"], data["pruning"]["seconds"]
+        for layer in data["pruning"]["layers"]:
+            del layer["seconds"]
+        return data
+
+    assert report(tmp_path / "studio") == report(tmp_path / "cli")
+    assert _tensors(tmp_path / "studio").keys() == _tensors(tmp_path / "cli").keys()
+    assert all(torch.equal(a, b) for a, b in zip(_tensors(tmp_path / "studio").values(),
+                                                  _tensors(tmp_path / "cli").values()))
+
