@@ -1,4 +1,5 @@
-"""The job in progress: a bar with block and layer, elapsed time and ETA, and a log of messages."""
+"""The job in progress: a bar with its step (block and layer during a run), elapsed time and, where the
+total is known, an ETA; and a log of messages."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import time
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QVBoxLayout, QWidget
 
-from core.events import BlockStarted, Finished, LayerPruned, Message, Phase
-from core.session import eta_seconds
+from core.events import BlockStarted, Finished, LayerPruned, Message, Phase, eta_seconds
 
 
 class ProgressPanel(QWidget):
@@ -32,12 +32,13 @@ class ProgressPanel(QWidget):
         layout.addWidget(self.log, 1)
         self.started = None
         self.blocks_done, self.blocks_total, self.layer = 0, 0, ""
+        self.step = None                  # (name, started, done, total) of the current step with a known total
         self._ticker = QTimer(self, interval=500)
         self._ticker.timeout.connect(self._refresh_label)
 
     def begin(self, title: str) -> None:
         self.started = time.perf_counter()
-        self.blocks_done, self.blocks_total, self.layer = 0, 0, ""
+        self.blocks_done, self.blocks_total, self.layer, self.step = 0, 0, "", None
         self.bar.setRange(0, 0)
         self.bar.setFormat(title)
         self.write(title)
@@ -66,6 +67,7 @@ class ProgressPanel(QWidget):
                 self.bar.setRange(0, event.total)
                 self.bar.setValue(event.done)
                 self.bar.setFormat(f"{event.name} {event.done}/{event.total}")
+                self._track_step(event)
         elif isinstance(event, LayerPruned):
             r = event.result
             error = "" if r.error is None else f", error {r.error:.3g}"
@@ -76,6 +78,12 @@ class ProgressPanel(QWidget):
             self.bar.setValue(self.blocks_total)
         self._refresh_label()
 
+    def _track_step(self, event: Phase) -> None:
+        """Remember when the current step began, for its ETA; a new name or a count going back is a new step."""
+        restarted = self.step is None or self.step[0] != event.name or event.done < self.step[2]
+        since = time.perf_counter() if restarted else self.step[1]
+        self.step = (event.name, since, event.done, event.total)
+
     def write(self, text: str) -> None:
         self.log.appendPlainText(f"{time.strftime('%H:%M:%S')}  {text}")
 
@@ -85,6 +93,10 @@ class ProgressPanel(QWidget):
         elapsed = time.perf_counter() - self.started
         text = f"elapsed {elapsed:.0f} s"
         eta = eta_seconds(self.started, self.blocks_done, self.blocks_total)
+        if eta is None and self.step is not None:
+            name, since, done, total = self.step
+            eta = eta_seconds(since, done, total)
+            text = f"{name}: {text}"
         if eta is not None:
             text += f",  ETA {eta:.0f} s"
         if self.layer:

@@ -476,3 +476,21 @@ def test_the_studio_and_the_command_line_write_the_same_report(qtbot, studio_win
     assert all(torch.equal(a, b) for a, b in zip(_tensors(tmp_path / "studio").values(),
                                                   _tensors(tmp_path / "cli").values()))
 
+
+def test_the_window_keeps_the_size_its_user_gave_it(qtbot, studio_window, studio_tiny_llama, studio_calib_text):
+    """Results arriving (a run's table, a comparison of two runs with long layer names) never widen the window."""
+    window = studio_window
+    open_tiny(qtbot, window, studio_tiny_llama)
+    window.resize(1100, 720)
+    qtbot.wait(50)
+    size = (window.width(), window.height())
+    set_calibration(window, studio_calib_text)
+    run(qtbot, window, "wanda", "2:4")
+    run(qtbot, window, "magnitude", "2:4")
+    window.tabs.setCurrentWidget(window.history)
+    window.selected_layer = FIRST
+    with qtbot.waitSignal(window.controller.comparison_ready, timeout=WAIT):
+        window.history.table.selectAll()
+        window.history.compare_button.click()
+    qtbot.wait(100)
+    assert (window.width(), window.height()) == size

@@ -1,0 +1,49 @@
+"""The progress line of every job: elapsed time always, and an ETA wherever the total is known."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.events import BlockStarted, Phase
+
+pytest.importorskip("pytestqt")
+
+
+@pytest.fixture
+def panel(qtbot, monkeypatch):
+    import studio.progress_panel as module
+
+    clock = {"now": 100.0}
+    monkeypatch.setattr(module.time, "perf_counter", lambda: clock["now"])
+    panel = module.ProgressPanel()
+    qtbot.addWidget(panel)
+    return panel, clock
+
+
+def test_a_step_with_a_total_shows_its_eta(panel):
+    panel, clock = panel
+    panel.begin("perplexity on wiki.test.raw")
+    panel.on_event(Phase("perplexity", 0, 10))
+    clock["now"] += 4.0
+    panel.on_event(Phase("perplexity", 4, 10))         # 4 of 10 in 4 s: 6 s to go
+    assert panel.label.text() == "perplexity: elapsed 4 s,  ETA 6 s"
+    panel.on_event(Phase("export", 0, 3))              # a new step starts its own clock
+    clock["now"] += 1.0
+    panel.on_event(Phase("export", 1, 3))
+    assert panel.label.text() == "export: elapsed 5 s,  ETA 2 s"
+
+
+def test_a_run_counts_blocks_after_its_calibration(panel):
+    panel, clock = panel
+    panel.begin("wanda unstructured at 50%")
+    panel.on_event(Phase("tokenize calibration", 0, 1, "calib.txt"))
+    clock["now"] += 2.0
+    panel.on_event(Phase("tokenize calibration", 1, 1))
+    panel.on_event(BlockStarted(0, 30))
+    clock["now"] += 3.0
+    panel.on_event(BlockStarted(10, 30))                # 10 blocks in 5 s since the run began
+    panel.on_event(Phase("prune", 2, 7, "model.layers.10.mlp.up_proj"))
+    assert panel.label.text() == "elapsed 5 s,  ETA 10 s   ·  model.layers.10.mlp.up_proj"
+    assert panel.bar.format() == "block 11 of 30"
+    panel.end("done: run 1")
+    assert panel.label.text() == "done: run 1 in 5.0 s"
