@@ -5,7 +5,6 @@ over time (torch's CUDA allocator, NVML, and this process's RSS)."""
 from __future__ import annotations
 
 import pyqtgraph as pg
-from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from studio.plot_legend import legend_below, legend_right
@@ -14,8 +13,6 @@ COLOURS = [(47, 111, 223), (230, 120, 30), (40, 160, 90), (170, 60, 180), (200, 
 
 
 class BenchCharts(QWidget):
-    shape_changed = Signal()
-
     def __init__(self, parent=None):
         super().__init__(parent)
         self.results, self.memory = [], []

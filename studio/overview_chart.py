@@ -57,14 +57,6 @@ class OverviewChart(QWidget):
             self.error[result.name] = result.error
         self._redraw()
 
-    def show_results(self, results) -> None:
-        self.sparsity, self.error = {}, {}
-        for result in results:
-            self.sparsity[result.name] = result.sparsity
-            if result.error is not None:
-                self.error[result.name] = result.error
-        self._redraw()
-
     @property
     def bar_count(self) -> int:
         return len(self.sparsity)
