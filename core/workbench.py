@@ -384,6 +384,17 @@ def benchmark(bench: Workbench, options: BenchOptions, job: Job | None = None) -
     return bench.bench_report
 
 
+def save_benchmark(bench: Workbench, path: str) -> None:
+    """The last benchmark's report as JSON (a .json path) or CSV (any other)."""
+    if bench.bench_report is None:
+        raise UserError("No finished benchmark to save yet.")
+    report = bench.bench_report
+    try:
+        Path(path).write_text(report.to_json() if path.lower().endswith(".json") else report.to_csv())
+    except OSError as exc:
+        raise UserError(f"could not write {path}: {exc.strerror or exc}. Choose another file.") from None
+
+
 # ---------------------------------------------------------------- views (run on a second worker thread)
 
 

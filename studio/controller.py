@@ -8,8 +8,6 @@ selection asks for run on a second, so a long run never delays them. Signals are
 from __future__ import annotations
 
 import gc
-from pathlib import Path
-
 from PySide6.QtCore import QObject, Signal
 
 from core import workbench as wb
@@ -44,6 +42,7 @@ class Controller(QObject):
     bench_result = Signal(object)             # KernelResult
     bench_memory = Signal(object)             # MemorySample
     bench_finished = Signal(object)           # BenchReport, or None when stopped
+    job_cancelled = Signal(str)               # the name of an engine job stopped before it finished
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
@@ -51,7 +50,8 @@ class Controller(QObject):
         self.engine = Worker("engine", self)
         self.views = Worker("views", self)
         self.engine.busy_changed.connect(self.busy_changed)
-        self._run = self._bench = self._view = self._tile = None
+        self._run = self._bench = None
+        self._views = {}
 
     @property
     def loaded(self):
@@ -65,10 +65,15 @@ class Controller(QObject):
     def can_export_compact(self) -> bool:
         return wb.can_export(self.bench, "compact")
 
-    def _submit(self, name, fn, on_done=None, worker=None, **callbacks):
+    def _submit(self, name, fn, on_done=None, **callbacks):
         callbacks.setdefault("on_error", self._fail)
         callbacks.setdefault("on_event", self.progress.emit)
-        return (worker or self.engine).submit(name, fn, on_done=on_done, **callbacks)
+        callbacks.setdefault("on_cancelled", lambda: self.job_cancelled.emit(name))
+        return self.engine.submit(name, fn, on_done=on_done, **callbacks)
+
+    def cancel_current(self) -> None:
+        """Stop every engine job, running or queued; each leaves the session as it was."""
+        self.engine.cancel_all()
 
     def _fail(self, message: str, user_error: bool = True) -> None:
         self.error.emit(message)
@@ -86,6 +91,10 @@ class Controller(QObject):
     def load_calibration(self, request: wb.CalibrationRequest) -> None:
         self._submit("calibration", lambda job: wb.calibrate(self.bench, request, job), on_event=self._on_event,
                      on_error=self._calibration_failed)
+
+    def _calibration_failed(self, message: str, user_error: bool = True) -> None:
+        self.calibration_failed.emit(message)
+        self._fail(message, user_error)
 
     def start_run(self, plan_options: dict, request: wb.CalibrationRequest) -> None:
         """Validate the plan, then (one job) tokenize the calibration if it changed and prune; `run_started` comes at once."""
@@ -119,10 +128,6 @@ class Controller(QObject):
             self.layer_pruned.emit(event.result, event.summary)
         self.progress.emit(event)
 
-    def _calibration_failed(self, message: str, user_error: bool = True) -> None:
-        self.calibration_failed.emit(message)
-        self._fail(message, user_error)
-
     def _run_done(self, record) -> None:
         self._run = None
         self.run_finished.emit(record)
@@ -141,13 +146,6 @@ class Controller(QObject):
 
     def export(self, out: str, overwrite: bool, compact: bool = False) -> None:
         request = wb.ExportRequest(out, overwrite, "compact" if compact else "hf")
-        try:
-            self.bench.need_model()
-            if self.bench.applied is None:
-                raise UserError("Nothing to export yet: run a pruning method first.")
-            request.check(self.bench.applied.plan.pattern)
-        except UserError as exc:
-            return self.error.emit(str(exc))
         self._submit("export", lambda job: wb.export_run(self.bench, request, job),
                      lambda done: self.export_done.emit(str(done.path), done.description))
 
@@ -164,7 +162,7 @@ class Controller(QObject):
             self.error.emit(str(exc))
             return False
         self._bench = self._submit("benchmark", lambda job: wb.benchmark(self.bench, options, job), self._bench_done,
-                                   on_event=self._bench_event, on_error=self._bench_error,
+                                   on_event=self._bench_event, on_error=lambda *e: self._bench_done(None, *e),
                                    on_cancelled=lambda: self._bench_done(None))
         return True
 
@@ -176,56 +174,40 @@ class Controller(QObject):
         else:
             self.progress.emit(event)
 
-    def _bench_done(self, report) -> None:
+    def _bench_done(self, report, *error) -> None:
         self._bench = None
         self.bench_finished.emit(report)
-
-    def _bench_error(self, message: str, user_error: bool = True) -> None:
-        self._bench_done(None)
-        self._fail(message, user_error)
+        if error:
+            self._fail(*error)
 
     def stop_benchmark(self) -> None:
         if self._bench is not None:
             self._bench.cancel.cancel()
 
     def save_benchmark(self, path: str) -> None:
-        report = self.bench.bench_report
-        if report is None:
-            return self.error.emit("No finished benchmark to save yet.")
-        text = report.to_json() if path.lower().endswith(".json") else report.to_csv()
         try:
-            Path(path).write_text(text)
-        except OSError as exc:
-            self.error.emit(f"could not write {path}: {exc.strerror or exc}. Choose another file.")
+            wb.save_benchmark(self.bench, path)
+        except UserError as exc:
+            self.error.emit(str(exc))
 
     # ---- views (second worker: only the latest request of each kind matters) -------------------------
     def request_layer_view(self, name: str, sparsity: float = 0.5) -> None:
-        if self.bench.loaded is None:
-            return
-        if self._view is not None:
-            self._view.cancel.cancel()
-        self._view = self._submit("layer view", lambda job: wb.layer_view(self.bench, name, sparsity, job),
-                                  self._view_done, worker=self.views, on_event=None)
-
-    def _view_done(self, view) -> None:
-        self._view = None
-        self.layer_view_ready.emit(view)
+        self._latest("layer view", lambda job: wb.layer_view(self.bench, name, sparsity, job), self.layer_view_ready.emit)
 
     def request_tile(self, name: str, rows: tuple[int, int], cols: tuple[int, int]) -> None:
-        if self.bench.loaded is None:
-            return
-        if self._tile is not None:
-            self._tile.cancel.cancel()
-        self._tile = self._submit("mask tile", lambda job: wb.layer_tile(self.bench, name, rows, cols, job),
-                                  lambda tile: self._tile_done(name, tile), worker=self.views, on_event=None)
-
-    def _tile_done(self, name: str, tile) -> None:
-        self._tile = None
-        self.tile_ready.emit(name, tile)
+        self._latest("mask tile", lambda job: wb.layer_tile(self.bench, name, rows, cols, job),
+                     lambda tile: self.tile_ready.emit(name, tile))
 
     def compare(self, a: int, b: int, layer: str | None) -> None:
-        self._submit("compare runs", lambda job: wb.compare_runs(self.bench, a, b, layer, job),
-                     self.comparison_ready.emit, worker=self.views, on_event=None)
+        self._latest("compare runs", lambda job: wb.compare_runs(self.bench, a, b, layer, job),
+                     self.comparison_ready.emit)
+
+    def _latest(self, kind: str, fn, on_done) -> None:
+        if self.bench.loaded is None:
+            return
+        if kind in self._views:
+            self._views[kind].cancel.cancel()       # a request still queued is stale now
+        self._views[kind] = self.views.submit(kind, fn, on_done=on_done, on_error=self._fail)
 
     def shutdown(self) -> None:
         self.engine.shutdown()
@@ -233,12 +215,8 @@ class Controller(QObject):
 
 
 def _freeze_long_lived_objects() -> None:
-    """Move the model's hundreds of thousands of Python objects out of the garbage collector's reach.
-
-    A full collection walks every tracked object while holding the GIL: with a model loaded it took
-    200-280 ms, freezing the window mid-run (benchmarks/gui_stall.py). Frozen objects are skipped;
-    the previous model is collected first so it is not kept alive forever.
-    """
+    """Keep a model's many Python objects out of full garbage collections, which walk them all holding the
+    GIL (200-280 ms with a model loaded, a frozen window mid-run); the previous model is collected first."""
     gc.unfreeze()
     gc.collect()
     gc.freeze()

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import time
 
-from PySide6.QtCore import QTimer
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QVBoxLayout, QWidget
+from PySide6.QtCore import QTimer, Signal
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from core.events import BlockStarted, Finished, LayerPruned, Message, Phase, eta_seconds
 
 
 class ProgressPanel(QWidget):
+    stop_requested = Signal()
+
     def __init__(self, parent=None):
         super().__init__(parent)
         self.bar = QProgressBar()
@@ -23,9 +25,14 @@ class ProgressPanel(QWidget):
         self.log = QPlainTextEdit()
         self.log.setReadOnly(True)
         self.log.setMaximumBlockCount(2000)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop the job in progress: opening, calibration, a run, an evaluation, an export")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.stop_requested)
         top = QHBoxLayout()
         top.addWidget(self.bar, 3)
         top.addWidget(self.label, 2)
+        top.addWidget(self.stop_button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addLayout(top)

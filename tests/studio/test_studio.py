@@ -494,3 +494,38 @@ def test_the_window_keeps_the_size_its_user_gave_it(qtbot, studio_window, studio
         window.history.compare_button.click()
     qtbot.wait(100)
     assert (window.width(), window.height()) == size
+
+
+def test_stop_cancels_any_engine_job_and_leaves_the_session_as_it_was(qtbot, studio_window, studio_tiny_llama,
+                                                                      studio_calib_text, tmp_path):
+    """Opening and exporting stop on Stop too: the job queued behind a busy engine never runs, nothing is written."""
+    import threading
+
+    window, controller = studio_window, studio_window.controller
+    release = threading.Event()
+
+    def hold_the_engine():
+        controller.engine.submit("busy", lambda job: release.wait(10))
+        assert window.progress_panel.stop_button.isEnabled()
+
+    hold_the_engine()
+    with qtbot.waitSignal(controller.job_cancelled, timeout=WAIT) as blocker:
+        window.open_model(str(studio_tiny_llama))
+        window.progress_panel.stop_button.click()
+        release.set()
+    assert blocker.args == ["open model"] and controller.loaded is None and window.pages.currentIndex() == 0
+    assert window.progress_panel.bar.format().startswith("cancelled: open model")
+
+    open_tiny(qtbot, window, studio_tiny_llama)
+    set_calibration(window, studio_calib_text)
+    run(qtbot, window, "magnitude")
+    release.clear()
+    hold_the_engine()
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    with qtbot.waitSignal(controller.job_cancelled, timeout=WAIT):
+        controller.export(str(exports / "out"), False)
+        controller.cancel_current()
+        release.set()
+    assert list(exports.iterdir()) == []
+    qtbot.waitUntil(lambda: not window.progress_panel.stop_button.isEnabled(), timeout=WAIT)
