@@ -19,6 +19,8 @@ from core.pruning.plan import PrunePlan
 
 from .worker import Worker
 
+ENGINE_NICE = 10     # the engine's threads yield the CPU to the window's (see Worker)
+
 
 class Controller(QObject):
     model_loading = Signal(str)
@@ -47,7 +49,7 @@ class Controller(QObject):
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
         self.bench = wb.Workbench(remember=True)
-        self.engine = Worker("engine", self)
+        self.engine = Worker("engine", self, nice=ENGINE_NICE)
         self.views = Worker("views", self)
         self.engine.busy_changed.connect(self.busy_changed)
         self._run = self._bench = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
+from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from studio.plot_legend import legend_below
@@ -80,15 +81,24 @@ class HistogramView(QWidget):
         summary = self.view.summary
         log = self.log_y.isChecked()
         label = "log10 count" if log else "count"
-        self.weights_plot.setLabel("left", label)
-        self.scores_plot.setLabel("left", label)
-        self.scores_plot.setLabel("bottom", self.view.score_label)
+        for plot, side, text in ((self.weights_plot, "left", label), (self.scores_plot, "left", label),
+                                 (self.scores_plot, "bottom", self.view.score_label)):
+            if plot.getAxis(side).labelText != text:     # a new label re-lays the plot out: only when it changes
+                plot.setLabel(side, text)
         _set_steps(self.before, summary.weights_before, log)
         self.legend.getLabel(self.before).setText("before" if self.view.pruned else "weights")
         self.after.setVisible(self.view.pruned)
         self._show_in_legend(self.after, self.view.pruned)
         if self.view.pruned:
             _set_steps(self.after, summary.weights_after, log)
+        # The score plot on the next turn of the event loop: both plots repainted in one turn (a legend entry
+        # appearing re-lays the first one out) kept the window from answering for 50-60 ms during a run.
+        QTimer.singleShot(0, self, self._redraw_scores)
+
+    def _redraw_scores(self) -> None:
+        if self.view is None:
+            return
+        summary, log = self.view.summary, self.log_y.isChecked()
         if summary.scores is not None:
             _set_steps(self.scores, summary.scores, log)
         else:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, Qt, Slot
+from PySide6.QtCore import QSettings, Qt, QTimer, Slot
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QDialog, QDockWidget, QMainWindow, QScrollArea, QSplitter, QStackedWidget, QTabWidget,
                                QVBoxLayout, QWidget)
@@ -31,6 +31,7 @@ from .run_panel import RunPanel
 from .welcome_view import WelcomeView
 
 MAX_RECENT = 8
+REFRESH_MS = 150     # a run's layer results are drawn in batches at this pace, not one repaint per layer
 
 
 class MainWindow(QMainWindow):
@@ -41,6 +42,9 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)
         self.controller = Controller(self)
         self.selected_layer: str | None = None
+        self._pending_results: list = []                 # (LayerResult, LayerView) not drawn yet
+        self._refresh = QTimer(self, interval=REFRESH_MS, singleShot=True)
+        self._refresh.timeout.connect(self._draw_pending_results)
         self._build()
         self._connect()
         self._restore_settings()
@@ -260,13 +264,25 @@ class MainWindow(QMainWindow):
 
     @Slot(object, object)
     def _layer_pruned(self, result, view) -> None:
-        self.layer_tree.set_result(result)
-        self.overview.add_result(result)
-        if result.name == self.selected_layer:
-            self._show_layer_view(view)
+        self._pending_results.append((result, view))
+        if not self._refresh.isActive():
+            self._refresh.start()
+
+    def _draw_pending_results(self) -> None:
+        """Layers pruned since the last refresh, drawn at once: a block's layers arrive together, and a
+        repaint of the tree, the charts and the selected layer's views per layer kept the window busy."""
+        pending, self._pending_results = self._pending_results, []
+        for result, _ in pending:
+            self.layer_tree.set_result(result)
+        self.overview.add_results([result for result, _ in pending])
+        selected = [view for result, view in pending if result.name == self.selected_layer]
+        if selected:             # on a turn of its own, like each of its views (see _show_layer_view)
+            QTimer.singleShot(0, self, lambda: self._show_layer_view(selected[-1]))
 
     @Slot(object)
     def _run_finished(self, record) -> None:
+        self._refresh.stop()
+        self._draw_pending_results()
         self.run_panel.set_running(False)
         self.export_action.setEnabled(True)
         self.progress_panel.end(f"done: run {record.number}, {record.sparsity:.1%} of the pruned weights are zero")
@@ -280,6 +296,8 @@ class MainWindow(QMainWindow):
 
     @Slot()
     def _run_cancelled(self) -> None:
+        self._refresh.stop()
+        self._pending_results.clear()
         self.run_panel.set_running(False)
         self.progress_panel.end("cancelled: the weights are back to the dense model")
         self._weights_restored()
@@ -295,10 +313,17 @@ class MainWindow(QMainWindow):
 
     @Slot(object)
     def _show_layer_view(self, view) -> None:
+        """The histograms now, the heatmap on the next turn of the event loop: painted in one turn, the
+        layer page's six plots kept the window from answering for 60-100 ms while a run competed for the
+        CPU (benchmarks/gui_stall.py); one view per turn keeps each turn short."""
         if view.name != self.selected_layer:
             return
         self.histograms.show_view(view)
-        self.heatmap.show_heatmap(view.name, view.shape, view.summary.heatmap, view.summary.heatmap_cell)
+        QTimer.singleShot(0, self, lambda: self._show_heatmap(view))
+
+    def _show_heatmap(self, view) -> None:
+        if view.name == self.selected_layer:
+            self.heatmap.show_heatmap(view.name, view.shape, view.summary.heatmap, view.summary.heatmap_cell)
 
     @Slot(object)
     def _evaluation_done(self, outcome) -> None:

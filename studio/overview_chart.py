@@ -51,10 +51,11 @@ class OverviewChart(QWidget):
         self.sparsity, self.error = {}, {}
         self._redraw()
 
-    def add_result(self, result) -> None:
-        self.sparsity[result.name] = result.sparsity
-        if result.error is not None:
-            self.error[result.name] = result.error
+    def add_results(self, results) -> None:
+        for result in results:
+            self.sparsity[result.name] = result.sparsity
+            if result.error is not None:
+                self.error[result.name] = result.error
         self._redraw()
 
     @property

@@ -84,7 +84,10 @@ def select(qtbot, window, name):
         window.layer_tree.select(name)
         if window.selected_layer == name:        # already current: ask again explicitly
             window.select_layer(name)
-    return blocker.args[0]
+    view = blocker.args[0]
+    qtbot.waitUntil(lambda: window.heatmap.name == name and window.histograms.view is view, timeout=WAIT)
+    qtbot.wait(10)                               # the heatmap and score plot draw on turns of their own
+    return view
 
 
 def test_open_model_lists_every_layer_and_remembers_it(qtbot, studio_window, studio_tiny_llama):
