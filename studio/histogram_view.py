@@ -13,6 +13,7 @@ from studio.plot_legend import legend_below
 BEFORE = (47, 111, 223)
 AFTER = (230, 120, 30)
 THRESHOLD = (200, 40, 40)
+WIDE_LEGEND = 320       # pixels a plot needs for its legend in one row
 
 
 class HistogramView(QWidget):
@@ -24,6 +25,7 @@ class HistogramView(QWidget):
         self.log_y.toggled.connect(self._redraw)
         self.title = QLabel("Select a layer to see its weights and scores")
         self.title.setObjectName("heading")
+        self.title.setWordWrap(True)         # a long layer name wraps instead of widening the window
         self.weights_plot = _plot("Weights", "weight value")
         self.scores_plot = _plot("Score", "score")
         self.legend = legend_below(self.weights_plot, columns=2)
@@ -46,6 +48,15 @@ class HistogramView(QWidget):
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addLayout(header)
         layout.addLayout(plots, 1)
+
+    def resizeEvent(self, event) -> None:
+        """Both legends in one column when a plot is too narrow for a row: never cut, and the two plots
+        keep the same height."""
+        super().resizeEvent(event)
+        columns = 2 if self.scores_plot.width() >= WIDE_LEGEND else 1
+        for legend in (self.legend, self.score_legend):
+            if legend.columnCount != columns:
+                legend.setColumnCount(columns)
 
     def show_view(self, view) -> None:
         self.view = view

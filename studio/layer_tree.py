@@ -9,7 +9,7 @@ from PySide6.QtWidgets import QLineEdit, QTreeWidget, QTreeWidgetItem, QVBoxLayo
 from core.pruning.plan import PrunePlan
 
 COLUMNS = ["Layer", "Shape", "Params", "Sparsity", "Error"]
-SPARSITY, ERROR = 3, 4
+PARAMS, SPARSITY, ERROR = 2, 3, 4
 MIN_NAME_WIDTH = 120
 ERROR_HELP = ("Relative output error ‖(W−Ŵ)X‖² / ‖WX‖²: how much of the layer's output the pruning changed, "
               "measured on the first {tokens:,} calibration tokens (lower is better).")
@@ -62,15 +62,35 @@ class LayerTree(QWidget):
         self.fit_columns()
 
     def fit_columns(self) -> None:
-        """Size every column to its contents; when they do not all fit, the name column gives way
-        (elided in the middle, the full name in its tooltip) so the numbers stay readable."""
+        """Size every column to its contents, and keep the tree at least as wide as they need: the window's
+        splitter then takes the room from the plots, which scale, rather than from names and numbers."""
         header = self.tree.header()
-        wanted = [max(self.tree.sizeHintForColumn(col), header.sectionSizeHint(col)) + 8 for col in range(len(COLUMNS))]
+        wanted = [max(self._content_width(col), header.sectionSizeHint(col)) + 8 for col in range(len(COLUMNS))]
+        wanted[0] = max(wanted[0], MIN_NAME_WIDTH)
+        frame = self.tree.frameWidth() * 2 + self.tree.verticalScrollBar().sizeHint().width()
+        self.tree.setMinimumWidth(sum(wanted) - wanted[PARAMS] + frame)
+        narrow = self.tree.viewport().width() < sum(wanted)
+        self.tree.setColumnHidden(PARAMS, narrow)            # the block rows and tooltips still give the count
+        if narrow:
+            wanted[PARAMS] = 0
         room = self.tree.viewport().width() - sum(wanted[1:])
-        if self.tree.isVisible() and room < wanted[0]:
-            wanted[0] = max(room, MIN_NAME_WIDTH)
+        if room > wanted[0]:
+            wanted[0] = room                     # the name column takes what is left over
         for col, width in enumerate(wanted):
             self.tree.setColumnWidth(col, width)
+
+    def _content_width(self, col: int) -> int:
+        """The widest text of a column; for the indented name column, the view's own measure. Unlike
+        `sizeHintForColumn`, it does not drop to 0 for a hidden column."""
+        if col == 0:
+            return self.tree.sizeHintForColumn(0)
+        metrics = self.tree.fontMetrics()
+        rows = [self.tree.topLevelItem(i) for i in range(self.tree.topLevelItemCount())] + list(self.items.values())
+        return max((metrics.horizontalAdvance(row.text(col)) for row in rows), default=0) + 2 * self.tree.indentation() // 4
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self.fit_columns()
 
     def clear_results(self) -> None:
         for item in self.items.values():

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Slot
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QDialog, QDockWidget, QMainWindow, QScrollArea, QSplitter, QStackedWidget, QTabWidget,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QDialog, QDockWidget, QMainWindow, QScrollArea, QSizePolicy, QSplitter, QStackedWidget,
+                               QTabWidget, QVBoxLayout, QWidget)
 
 from core.data.texts import PLAIN, TABULAR
 
@@ -69,7 +69,7 @@ class MainWindow(QMainWindow):
         self.control_tabs.addTab(_scrolling(self.model_panel), "Model")
         self.control_tabs.addTab(_scrolling(self.calibration_panel), "Calibration")
         self.control_tabs.addTab(_scrolling(self.run_panel, self.evaluate_panel), "Prune")
-        self.control_tabs.setMinimumWidth(340)
+        self.control_tabs.setMinimumWidth(280)
 
         layer_page = QSplitter(Qt.Orientation.Vertical)
         layer_page.addWidget(self.histograms)
@@ -80,6 +80,8 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.overview, "Model overview")
         self.tabs.addTab(self.history, "Runs")
         self.tabs.addTab(self.bench, "Benchmark")
+        # Its row of controls is the widest thing in the window: squeezed (not widening the window) when narrow.
+        self.bench.setSizePolicy(QSizePolicy.Policy.Ignored, self.bench.sizePolicy().verticalPolicy())
 
         views = QSplitter(Qt.Orientation.Horizontal)
         views.addWidget(self.layer_tree)

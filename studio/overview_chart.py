@@ -20,6 +20,7 @@ class OverviewChart(QWidget):
         self.sparsity_plot.setYRange(0, 1)
         self.hover = QLabel("Run a method to fill these charts; they update as layers finish")
         self.hover.setObjectName("hint")
+        self.hover.setWordWrap(True)
         self.sparsity_bars = pg.BarGraphItem(x=[], height=[], width=0.8, brush=(47, 111, 223))
         self.error_bars = pg.BarGraphItem(x=[], y0=[], height=[], width=0.8, brush=(230, 120, 30))
         self.sparsity_plot.addItem(self.sparsity_bars)

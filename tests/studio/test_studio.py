@@ -497,6 +497,13 @@ def test_the_window_keeps_the_size_its_user_gave_it(qtbot, studio_window, studio
         window.history.compare_button.click()
     qtbot.wait(100)
     assert (window.width(), window.height()) == size
+    tree = window.layer_tree.tree                  # at this size: names whole, numbers readable
+    assert tree.columnWidth(0) >= tree.sizeHintForColumn(0)
+    item = window.layer_tree.items[FIRST]
+    for col in range(1, 5):
+        if not tree.isColumnHidden(col):
+            assert tree.fontMetrics().horizontalAdvance(item.text(col)) < tree.columnWidth(col), col
+    assert tree.header().length() <= tree.viewport().width()
 
 
 def test_stop_cancels_any_engine_job_and_leaves_the_session_as_it_was(qtbot, studio_window, studio_tiny_llama,
