@@ -167,16 +167,13 @@ def run_prune(args, job: Job) -> dict:
     if args.stream and args.eval:
         raise UserError("--eval loads the whole model, which --stream avoids: drop --eval and run "
                         f"`compression-studio eval {args.out} --data FILE` afterwards.")
-    if args.stream and args.compact:
-        raise UserError("--compact is not available with --stream yet: prune with --stream, then compact the folder "
-                        "in memory, or drop --stream.")
     plan = PrunePlan.build(
         method=args.method, sparsity=args.sparsity, pattern=args.pattern, overrides=tuple(args.override),
         ignore=tuple(args.ignore), device=args.device, batch_size=args.batch_size,
         sparsegpt=Options(blocksize=args.blocksize, dampening=args.dampening, update_weights=not args.no_update),
     )
     export = ExportRequest(args.out, args.overwrite, "compact" if args.compact else "hf")
-    export.check(plan.pattern)
+    export.check(plan.pattern, streamed=args.stream)
     _check_files(args.calib, "calibration")
     if args.eval:
         _check_files([args.eval], "evaluation")

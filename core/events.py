@@ -99,7 +99,6 @@ class Job:
     def __init__(self, on_event: EventSink | None = None, cancel: CancelToken | None = None):
         self.on_event = on_event or ignore
         self.cancel = cancel or CancelToken()
-        self.started = time.perf_counter()
 
     def emit(self, event: Event) -> None:
         self.on_event(event)
@@ -114,14 +113,8 @@ class Job:
         """Raise `Cancelled` when the job was asked to stop."""
         self.cancel.check()
 
-    @property
-    def cancelled(self) -> bool:
-        return self.cancel.cancelled
-
     def with_sink(self, on_event: EventSink) -> "Job":
-        job = Job(on_event, self.cancel)
-        job.started = self.started
-        return job
+        return Job(on_event, self.cancel)
 
 
 def as_job(job: "Job | None") -> Job:

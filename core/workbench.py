@@ -4,7 +4,8 @@ Both front ends drive the engine through this module only. `core.cli` calls the 
 other and draws their events; the studio's controller submits the same jobs to a worker thread and turns
 their results into signals. A job is a plain function `name(bench, request, job)`: `bench` is the
 `Workbench`, `request` says what to do, `job` (`core.events.Job`) carries the event sink and the cancel
-check. A cancelled or failed job leaves the workbench as it was.
+check. A cancelled or failed run leaves the dense model and no run applied; any other job leaves the
+workbench as it was.
 
 A workbench that `remembers` (the studio) keeps the dense weights in memory so every run starts from the
 same model, each run's masks in bits so runs can be compared, and display summaries of every layer. One
@@ -31,7 +32,6 @@ from .export.folder import check_output, write_export
 from .export.report import build_report
 from .export.streaming import prune_streaming
 from .formats.compact24 import weight_files
-from .formats.names import CALIBRATION
 from .kernels.benchmark import BenchOptions, BenchReport, run_benchmark
 from .models.demo import ensure_demo
 from .models.loaded import LoadedModel
@@ -79,10 +79,14 @@ class ExportRequest:
     overwrite: bool = False
     format: str = "hf"              # "hf": an ordinary folder; "compact": 2:4 values + positions
 
-    def check(self, pattern) -> Path:
-        """Refuse, before any work, what this export cannot do for a run of `pattern`; the target folder."""
+    def check(self, pattern, streamed: bool = False) -> Path:
+        """Refuse, before any work, what this export cannot do for a run of `pattern` (written while a
+        streamed model is pruned, if `streamed`); the target folder."""
         if self.format not in EXPORT_FORMATS:
             raise UserError(f"unknown export format {self.format!r}: choose one of {', '.join(EXPORT_FORMATS)}.")
+        if self.format == "compact" and streamed:
+            raise UserError("the compact format is not available for streamed runs yet (--stream): prune with "
+                            "streaming, then compact the folder in memory, or prune in memory.")
         if self.format == "compact" and not is_two_four(pattern):
             raise UserError(f"the compact format stores 2:4 weights only and this run is {pattern}: "
                             "prune with pattern 2:4 (--pattern 2:4), or export in the ordinary format.")
@@ -141,6 +145,10 @@ class Workbench:
 
     def __init__(self, remember: bool = True):
         self.remember = remember
+        self.forget()
+
+    def forget(self) -> None:
+        """Back to an empty session (a model about to be opened starts afresh)."""
         self.loaded: LoadedModel | None = None
         self.streamed = False
         self.calib: CalibrationSet | None = None
@@ -181,7 +189,7 @@ def open_model(bench: Workbench, request: OpenRequest, job: Job | None = None) -
     else:
         loaded = open_any(request.spec.strip(), dtype=request.dtype, trust_remote_code=request.trust_remote_code,
                           job=job)
-    bench.__init__(bench.remember)
+    bench.forget()
     bench.loaded, bench.streamed = loaded, request.stream
     bench.load_seconds = time.perf_counter() - started
     return loaded
@@ -219,7 +227,7 @@ def prune(bench: Workbench, plan: PrunePlan, job: Job | None = None, *, memory_b
     if bench.calib is None:
         raise UserError("Load calibration text first: a run needs calibration windows.")
     if export is not None:
-        export.check(plan.pattern)
+        export.check(plan.pattern, streamed=bench.streamed)
     number = len(bench.runs) + 1
     views: dict[str, LayerView] = {}
     watched = job.with_sink(_layer_views(job, plan, views))
@@ -263,9 +271,6 @@ def _start_dense(bench: Workbench) -> None:
 def _prune_streamed(bench, plan, number, export, job, summarize, views, memory_budget) -> RunRecord:
     if export is None:
         raise UserError("a streamed model is pruned straight into its export: choose the output folder.")
-    if export.format != "hf":
-        raise UserError("the compact format is not available for streamed runs yet: prune with streaming, "
-                        "then compact the folder in memory, or prune in memory.")
     record = RunRecord(number, plan, None, {}, views)
 
     def report(result, seconds):
@@ -366,7 +371,7 @@ def export_run(bench: Workbench, request: ExportRequest, job: Job | None = None)
 
 
 def describe_dense(folder: Path) -> str:
-    weights = sum(f.stat().st_size for f in weight_files(Path(folder), compact=False) if f.name != CALIBRATION)
+    weights = sum(f.stat().st_size for f in weight_files(Path(folder), compact=False))
     return (f"weights {weights / 2**20:,.1f} MiB, the same size as the dense model: "
             "pruned weights are stored as zeros")
 
@@ -379,7 +384,6 @@ def describe_compact(summary: CompactSummary) -> str:
 
 def benchmark(bench: Workbench, options: BenchOptions, job: Job | None = None) -> BenchReport:
     """Dense against the 2:4 kernels for the model's layer shapes, then end to end; the report is kept."""
-    options.validate()
     bench.bench_report = run_benchmark(bench.need_model(), options, job)
     return bench.bench_report
 
@@ -421,7 +425,7 @@ def layer_tile(bench: Workbench, name: str, rows: tuple[int, int], cols: tuple[i
     before = bench.dense.weights[name] if bench.dense is not None and record is not None else current
     view = record.layer_views.get(name) if record is not None else None
     factors = view.summary.score_factors if view is not None else None
-    if factors is None or factors[1] is None:      # no run's score: |W|, as a magnitude run would rank
+    if factors is None:                 # no run's score, or one not of that form: |W|, as a magnitude run would rank
         factors = (1, np.ones(current.shape[1], np.float32))
     return tile(before, current, rows, cols, factors)
 

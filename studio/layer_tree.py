@@ -86,7 +86,8 @@ class LayerTree(QWidget):
             return self.tree.sizeHintForColumn(0)
         metrics = self.tree.fontMetrics()
         rows = [self.tree.topLevelItem(i) for i in range(self.tree.topLevelItemCount())] + list(self.items.values())
-        return max((metrics.horizontalAdvance(row.text(col)) for row in rows), default=0) + 2 * self.tree.indentation() // 4
+        padding = self.tree.indentation() // 2       # the cell's margins, as the view pads its own hint
+        return max((metrics.horizontalAdvance(row.text(col)) for row in rows), default=0) + padding
 
     def resizeEvent(self, event) -> None:
         super().resizeEvent(event)

@@ -10,7 +10,6 @@ import os
 import re
 from pathlib import Path
 
-
 from ..compute import resolve_dtype
 from ..errors import UserError
 from ..events import Job, as_job
