@@ -23,8 +23,11 @@ from .export.compact import unpack_folder
 from .inputs import parse_bytes, parse_tokens
 from .kernels.benchmark import BenchOptions
 from .pruning.methods import METHODS
+from .pruning.allocation import KINDS as ALLOCATIONS, AllocationOptions
+from .pruning.methods.alps import Options as ALPSOptions
 from .pruning.methods.sparsegpt import Options
 from .pruning.plan import PrunePlan
+from .recovery.options import MODES as RECOVERY_MODES, RecoveryOptions
 from .workbench import CalibrationRequest, EvaluationRequest, ExportRequest, OpenRequest
 
 EXIT_USER_ERROR = 2
@@ -39,7 +42,7 @@ class Progress:
     """Draws the engine's events as tqdm bars on stderr: one bar per phase, and the steps inside a
     decoder block shown on the block bar rather than as bars of their own."""
 
-    INSIDE_BLOCK = {"gather statistics", "prune", "propagate"}
+    INSIDE_BLOCK = {"gather statistics", "prune", "propagate", "dense targets"}
 
     def __init__(self, enabled: bool = True):
         from tqdm import tqdm
@@ -99,6 +102,27 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--blocksize", type=int, default=128, help="SparseGPT column block size")
     prune.add_argument("--dampening", type=float, default=0.01, help="SparseGPT dampening, fraction of mean diag(H)")
     prune.add_argument("--no-update", action="store_true", help="SparseGPT: choose the mask only, no weight update")
+    prune.add_argument("--alps-iterations", type=int, default=ALPSOptions.max_iterations,
+                       help="ALPS: ADMM iterations at most (it stops once the support is stable)")
+    prune.add_argument("--alps-rho", type=float, default=ALPSOptions.rho, help="ALPS: initial ADMM penalty ρ")
+    prune.add_argument("--alps-refit-steps", type=int, default=ALPSOptions.refit_steps,
+                       help="ALPS: conjugate-gradient steps refitting the kept weights")
+    prune.add_argument("--allocation", default="uniform", choices=list(ALLOCATIONS),
+                       help="sparsity per decoder block: the same everywhere, or OWL's outlier-weighted allocation")
+    prune.add_argument("--owl-lambda", type=float, default=AllocationOptions.owl_lambda,
+                       help="OWL: how far a block's sparsity may move from the target (default 0.08)")
+    prune.add_argument("--owl-threshold", type=float, default=AllocationOptions.owl_threshold,
+                       help="OWL: a score is an outlier above this many times its block's mean (default 5)")
+    prune.add_argument("--recover", default="none", choices=list(RECOVERY_MODES), nargs="?", const="blockwise",
+                       help="train the kept weights back after pruning: blockwise (each block towards the dense "
+                            "block's outputs; the default when given alone) or e2e (the whole model towards the dense "
+                            "model's token distributions; needs the model twice in memory)")
+    prune.add_argument("--recover-epochs", type=float, default=RecoveryOptions.epochs,
+                       help="recovery: passes over the calibration windows")
+    prune.add_argument("--recover-steps", type=int, default=0, help="recovery: optimizer steps (overrides epochs)")
+    prune.add_argument("--recover-lr", type=float, default=RecoveryOptions.learning_rate, help="recovery: learning rate")
+    prune.add_argument("--recover-batch", type=int, default=RecoveryOptions.batch_windows,
+                       help="recovery: calibration windows per optimizer step")
     prune.add_argument("--batch-size", type=int, default=0, help="windows per forward pass (default: ~4096 tokens)")
     prune.add_argument("--eval", metavar="FILE", help="text to measure perplexity on, before and after")
     prune.add_argument("--eval-windows", type=int, default=None, help="at most this many evaluation windows")
@@ -171,6 +195,10 @@ def run_prune(args, job: Job) -> dict:
         method=args.method, sparsity=args.sparsity, pattern=args.pattern, overrides=tuple(args.override),
         ignore=tuple(args.ignore), device=args.device, batch_size=args.batch_size,
         sparsegpt=Options(blocksize=args.blocksize, dampening=args.dampening, update_weights=not args.no_update),
+        alps=ALPSOptions(rho=args.alps_rho, max_iterations=args.alps_iterations, refit_steps=args.alps_refit_steps),
+        allocation=AllocationOptions(args.allocation, args.owl_lambda, args.owl_threshold),
+        recovery=RecoveryOptions(args.recover, epochs=args.recover_epochs, steps=args.recover_steps,
+                                 learning_rate=args.recover_lr, batch_windows=args.recover_batch),
     )
     export = ExportRequest(args.out, args.overwrite, "compact" if args.compact else "hf")
     export.check(plan.pattern, streamed=args.stream)
@@ -201,6 +229,9 @@ def _prune_summary(record, out, compact=None) -> dict:
         "out": str(out),
         "compact": {"layers": compact.layers, "bytes": compact.compact_bytes, "dense_bytes": compact.dense_bytes,
                     "ratio": compact.ratio} if compact else None,
+        "allocation": record.plan.blocks.describe() if record.plan.blocks is not None else None,
+        "recovery": {**record.plan.recovery.describe(), "seconds": sum(c.seconds for c in result.recovery),
+                     "blocks": [c.describe() for c in result.recovery]} if result.recovery else None,
     }
 
 
@@ -276,6 +307,14 @@ def _print_human(command: str, result: dict) -> None:
     else:
         print(f"{result['method']} {result['pattern']}: {result['sparsity']:.2%} of {result['layers']} layers "
               f"pruned in {result['seconds']:.1f} s, {len(result['skipped'])} skipped")
+        if result.get("allocation"):
+            _print_allocation(result["allocation"])
+        if result.get("recovery"):
+            r = result["recovery"]
+            what = "KL to the dense model" if r["mode"] == "e2e" else "relative output error, mean over blocks"
+            before = sum(b["before"] for b in r["blocks"]) / len(r["blocks"])
+            after = sum(b["after"] for b in r["blocks"]) / len(r["blocks"])
+            print(f"recovery ({r['mode']}): {what} {before:.4g} -> {after:.4g} in {r['seconds']:.1f} s")
         if result["ppl"] is not None:
             print(f"perplexity: dense {result['ppl_dense']:.3f} -> pruned {result['ppl']:.3f}")
         if result.get("compact"):
@@ -283,6 +322,15 @@ def _print_human(command: str, result: dict) -> None:
             print(f"compact 2:4: {c['layers']} layers, {c['bytes'] / 2**20:.1f} MiB "
                   f"({c['ratio']:.0%} of the dense export's {c['dense_bytes'] / 2**20:.1f} MiB)")
         print(f"written to {result['out']}")
+
+
+def _print_allocation(allocation: dict) -> None:
+    patterns = allocation.get("block_patterns")
+    print(f"allocation {allocation['kind']} (λ {allocation['owl_lambda']:g}, outliers above "
+          f"{allocation['owl_threshold']:g}× the block mean):")
+    print("  block  outliers  sparsity" + ("  pattern" if patterns else ""))
+    for i, (ratio, sparsity) in enumerate(zip(allocation["outlier_ratios"], allocation["block_sparsity"])):
+        print(f"  {i:>5}  {ratio:>8.2%}  {sparsity:>8.1%}" + (f"  {patterns[i]:>7}" if patterns else ""))
 
 
 def _quiet_transformers() -> None:

@@ -70,6 +70,31 @@ class LayerPruned(Event):
 
 
 @dataclass(frozen=True)
+class RecoveryStep(Event):
+    """One optimizer step of a block's (or the whole model's, `block` -1) recovery; `loss` is relative."""
+
+    block: int
+    step: int
+    total: int
+    loss: float
+
+
+@dataclass(frozen=True)
+class BlockRecovered(Event):
+    """A block's recovery is over; `curve` is a `core.recovery.blockwise.RecoveryCurve`."""
+
+    block: int
+    curve: Any
+
+
+@dataclass(frozen=True)
+class AllocationChosen(Event):
+    """The per-block sparsity a non-uniform allocation chose, before any block is pruned."""
+
+    allocation: Any
+
+
+@dataclass(frozen=True)
 class Message(Event):
     """A line for the user's log (a retry, a skipped layer, a warning)."""
 

@@ -14,6 +14,7 @@ that does not (the command line) makes one run and keeps nothing it does not nee
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,8 @@ from .analysis.comparison import Comparison, compare, pack_masks
 from .analysis.views import LayerView, Tile, current_weight, dense_view, run_view, tile
 from .data.calibration import CalibrationSet, default_seqlen, load_calibration
 from .errors import UserError
-from .events import Event, Job, LayerPruned, as_job
+from .compute import resolve_device
+from .events import BlockRecovered, Event, Job, LayerPruned, as_job
 from .evaluation.perplexity import Perplexity, evaluation_windows, perplexity
 from .export.compact import CompactSummary, export_compact
 from .export.folder import check_output, write_export
@@ -34,13 +36,15 @@ from .export.streaming import prune_streaming
 from .formats.compact24 import weight_files
 from .kernels.benchmark import BenchOptions, BenchReport, run_benchmark
 from .models.demo import ensure_demo
+from .models.architectures import weight_matrix
 from .models.loaded import LoadedModel
 from .models.open import open_model as open_any
 from .models.streaming import open_streaming
-from .patterns import is_two_four
+from .patterns import follows_pattern, is_two_four
 from .pruning.pipeline import PruneResult, prune as prune_in_memory
 from .pruning.plan import PrunePlan
 from .pruning.snapshot import WeightSnapshot
+from .recovery.e2e import recover_model
 
 EXPORT_FORMATS = ("hf", "compact")
 
@@ -233,17 +237,43 @@ def prune(bench: Workbench, plan: PrunePlan, job: Job | None = None, *, memory_b
     watched = job.with_sink(_layer_views(job, plan, views))
     summarize = summaries.summarize if bench.remember else None
     if bench.streamed:
+        if plan.recovery.mode == "e2e":
+            raise UserError("end-to-end recovery needs the whole model in memory twice, which streaming avoids: "
+                            "use blockwise recovery (--recover blockwise) with a streamed model.")
         return _prune_streamed(bench, plan, number, export, watched, summarize, views, memory_budget)
     _start_dense(bench)
     bench.applied, bench.pruning = None, True
     dense = bench.dense.weights if bench.dense is not None else None
+    teacher = copy.deepcopy(loaded.model) if plan.recovery.mode == "e2e" else None
     try:
         result = prune_in_memory(loaded, bench.calib, plan, watched, summarize=summarize,
                                  memory_budget=memory_budget, dense=dense)
+        if teacher is not None:
+            _recover_end_to_end(loaded, teacher, bench.calib, result, job)
+    except BaseException:
+        if teacher is not None:      # the pipeline restores its own failures; this covers recovery's
+            loaded.model.load_state_dict(teacher.state_dict())
+        raise
     finally:
         bench.pruning = False
+        del teacher
     masks = pack_masks(loaded, [layer.name for layer in result.layers]) if bench.remember else {}
-    return _keep(bench, RunRecord(number, plan, result, masks, views))
+    return _keep(bench, RunRecord(number, result.plan, result, masks, views))
+
+
+def _recover_end_to_end(loaded: LoadedModel, teacher, calib: CalibrationSet, result: PruneResult, job: Job) -> None:
+    """Masked fine-tuning of the pruned layers against the dense model; rounds to the stored dtype after."""
+    model = loaded.model
+    parameters = [model.get_submodule(layer.name).weight for layer in result.layers]
+    job.message(f"end-to-end recovery of {len(parameters)} layers on {calib.nsamples} windows")
+    curve = recover_model(model, teacher, parameters, calib.input_ids, result.plan.recovery, job,
+                          resolve_device(result.plan.device))
+    for layer, param in zip(result.layers, parameters):
+        pattern = result.plan.pattern_for(layer.block)
+        if not follows_pattern(weight_matrix(model.get_submodule(layer.name)), pattern):
+            raise AssertionError(f"{layer.name} breaks {pattern} after recovery")
+    result.recovery = [curve]
+    job.emit(BlockRecovered(-1, curve))
 
 
 def _layer_views(job: Job, plan: PrunePlan, views: dict):
@@ -274,7 +304,7 @@ def _prune_streamed(bench, plan, number, export, job, summarize, views, memory_b
     record = RunRecord(number, plan, None, {}, views)
 
     def report(result, seconds):
-        record.result = result
+        record.result, record.plan = result, result.plan
         return report_of(bench, record, total=seconds)
 
     result, path = prune_streaming(bench.loaded, bench.calib, plan, export.out, job, overwrite=export.overwrite,
@@ -349,7 +379,7 @@ def report_of(bench: Workbench, record: RunRecord, total: float | None = None) -
 
 def can_export(bench: Workbench, format: str) -> bool:
     """Whether the applied run can be written in `format` (the compact format takes 2:4 runs only)."""
-    return bench.applied is not None and (format != "compact" or is_two_four(bench.applied.plan.pattern))
+    return bench.applied is not None and (format != "compact" or is_two_four(bench.applied.plan.served_pattern))
 
 
 def export_run(bench: Workbench, request: ExportRequest, job: Job | None = None) -> Exported:
@@ -359,7 +389,7 @@ def export_run(bench: Workbench, request: ExportRequest, job: Job | None = None)
     record = bench.applied
     if record is None:
         raise UserError("Nothing to export yet: run a pruning method first.")
-    request.check(record.plan.pattern)
+    request.check(record.plan.served_pattern)
     if record.exported is not None:
         raise UserError(f"this run was written to {record.exported} while it ran: copy that folder instead.")
     report = report_of(bench, record)

@@ -15,7 +15,7 @@ from ..models.loaded import LoadedModel
 from . import summaries
 
 TILE_CELLS = 256   # a zoomed region at most this many weights on a side is shown weight by weight
-SCORE_LABELS = {"magnitude": "log10 |W|", "wanda": "log10 |W|·‖X‖", "sparsegpt": "log10 w²/[H⁻¹]²"}
+SCORE_LABELS = {"magnitude": "log10 |W|", "wanda": "log10 |W|·‖X‖", "sparsegpt": "log10 w²/[H⁻¹]²", "alps": "log10 |W|·√Hⱼⱼ"}
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,14 @@ class BlockCall:
         return BlockCall(tuple(_cast(a, device, dtype) for a in self.args),
                          {k: _cast(v, device, dtype) for k, v in self.kwargs.items()})
 
+    def windows(self, start: int, stop: int, batch: int) -> "BlockCall":
+        """The call for windows start:stop of a batch of `batch` windows: tensors whose first dimension
+        is the batch are sliced, those shared by every window (shape 1 in front) are kept."""
+        if batch <= 1 or (start, stop) == (0, batch):
+            return self
+        return BlockCall(tuple(_slice(a, start, stop, batch) for a in self.args),
+                         {k: _slice(v, start, stop, batch) for k, v in self.kwargs.items()})
+
 
 def _cast(value, device, dtype):
     if isinstance(value, torch.Tensor):
@@ -42,6 +50,14 @@ def _cast(value, device, dtype):
         return tuple(_cast(v, device, dtype) for v in value)
     if isinstance(value, list):
         return [_cast(v, device, dtype) for v in value]
+    return value
+
+
+def _slice(value, start, stop, batch):
+    if isinstance(value, torch.Tensor):
+        return value[start:stop] if value.dim() and value.shape[0] == batch else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_slice(v, start, stop, batch) for v in value)
     return value
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Mapping, Protocol
 
 import torch
@@ -24,18 +24,20 @@ from torch import nn
 
 from ..compute import resolve_device
 from ..data.calibration import CalibrationSet
-from ..events import BlockStarted, Finished, Job, LayerPruned, as_job
+from ..events import AllocationChosen, BlockRecovered, BlockStarted, Finished, Job, LayerPruned, as_job
 from ..models.architectures import set_weight_matrix, weight_matrix
 from ..models.loaded import LoadedModel, check_window_length
 from ..patterns import follows_pattern, sparsity_of
+from ..recovery.blockwise import RecoveryCurve, micro_batches, recover
+from . import allocation
 from .activations import ActivationBudget, ActivationStore, hidden_bytes
-from .capture import BlockCall, auto_batch_size, capture_first_block_inputs, run_block
+from .capture import BlockCall, auto_batch_size, batches, capture_first_block_inputs, run_block
 from .in_memory import InMemoryBlocks
-from .methods import METHODS, MethodResult
+from .methods import METHODS, MethodResult, wanda
 from .methods.sparsegpt import NotPositiveDefinite
 from .placement import block_devices
 from .plan import PrunePlan
-from .stats import HESSIAN, StatsCollector, StopBlock
+from .stats import COLUMN_NORMS, HESSIAN, StatsCollector, StopBlock
 
 # Makes the display summary of a pruned layer from its weight before and the method's result (the
 # studio passes `core.analysis.summaries.summarize`); None: no summaries.
@@ -68,6 +70,7 @@ class PruneResult:
     layers: list[LayerResult]
     skipped: list[SkippedLayer]
     seconds: float
+    recovery: list[RecoveryCurve] = field(default_factory=list)
 
     @property
     def sparsity(self) -> float:
@@ -84,6 +87,7 @@ class PruneResult:
             "layers": [asdict(l) for l in self.layers],
             "skipped": [asdict(s) for s in self.skipped],
             "seconds": self.seconds,
+            "recovery_blocks": [c.describe() for c in self.recovery],
         }
 
 
@@ -159,18 +163,20 @@ def prune_blocks(
     placements = block_devices(device, plan.device, [_block_bytes(b, compute) for b in layout.blocks],
                                _working_bytes(layout, per_store, batch_size / calib.nsamples, plan),
                                keep_resident=source.restores)
+    recovering = plan.recovery.mode == "blockwise"
     try:
         if budget.spill:
             job.message(f"activations ({2 * per_store / 2**20:.0f} MiB for a block's inputs and outputs) "
                         f"exceed the memory budget: they are kept on disk")
-        first = torch.device(placements[0].device)
-        source.prepare(first)
-        inputs = budget.new_store()
-        raw_calls = capture_first_block_inputs(source.model, layout.blocks, calib.input_ids, first, batch_size,
-                                               job, inputs)
-        source.release_outside()
+        if plan.allocation.kind == "owl":
+            ratios = _survey_outliers(source, calib, plan, placements, budget, batch_size, compute, job)
+            plan = replace(plan, blocks=allocation.owl(ratios, plan.sparsity, plan.pattern, plan.allocation))
+            job.emit(AllocationChosen(plan.blocks))
+        inputs, raw_calls = _capture(source, calib, placements, budget, batch_size, job)
+        dense_inputs = inputs if recovering else None   # the dense model's inputs to the current block
+        sizes = [len(chunk) for chunk in batches(calib.input_ids, batch_size)]   # windows per batch
         calls_on: dict[str, list[BlockCall]] = {}
-        layers, skipped = [], []
+        layers, skipped, curves = [], [], []
         for index, placement in enumerate(placements):
             job.check()
             job.emit(BlockStarted(index, len(layout.blocks)))
@@ -181,18 +187,28 @@ def prune_blocks(
             block = source.load(index, here, compute)
             outputs = budget.new_store()
             turn = _Turn(index, block, here, compute, source.storage_dtype, inputs, outputs, calls, source)
-            results = _prune_block(turn, layout, plan, skipped, job, summarize)
+            if recovering:
+                turn.targets = _dense_outputs(turn, dense_inputs, budget, job)
+            results, curve = _prune_block(turn, layout, plan, skipped, job, summarize, sizes)
             if sink is not None:
                 sink.write_block(index, block)
             if not placement.resident:
                 source.unload(index, block)
+            if recovering:
+                if dense_inputs is not inputs:
+                    dense_inputs.close()
+                dense_inputs = turn.targets
             inputs.close()
             inputs = outputs
             layers.extend(results)
+            if curve is not None:
+                curves.append(curve)
             _return_freed_memory()
         inputs.close()
+        if dense_inputs is not None and dense_inputs is not inputs:
+            dense_inputs.close()
         devices = sorted({p.device for p in placements})
-        result = PruneResult(plan, ",".join(devices), layers, skipped, time.perf_counter() - started)
+        result = PruneResult(plan, ",".join(devices), layers, skipped, time.perf_counter() - started, curves)
     except BaseException:
         source.restore()
         raise
@@ -201,6 +217,66 @@ def prune_blocks(
         budget.close()
     job.emit(Finished(result))
     return result
+
+
+def _capture(source: BlockSource, calib, placements, budget, batch_size, job: Job):
+    """The first block's inputs (into a new store) and the other arguments of its calls."""
+    first = torch.device(placements[0].device)
+    source.prepare(first)
+    inputs = budget.new_store()
+    raw_calls = capture_first_block_inputs(source.model, source.layout.blocks, calib.input_ids, first, batch_size,
+                                           job, inputs)
+    source.release_outside()
+    return inputs, raw_calls
+
+
+def _survey_outliers(source, calib, plan: PrunePlan, placements, budget, batch_size, compute, job: Job) -> list[float]:
+    """OWL's outlier ratio of every block, measured on the dense model: one forward pass over the
+    calibration windows, block by block, gathering the input column norms that Wanda's scores need."""
+    inputs, raw_calls = _capture(source, calib, placements, budget, batch_size, job)
+    ratios = []
+    try:
+        for index, placement in enumerate(placements):
+            job.check()
+            job.phase("survey outliers", index, len(placements), f"block {index}")
+            here = torch.device(placement.device)
+            calls = [c.to(here, compute) for c in raw_calls]
+            block = source.load(index, here, compute)
+            modules = {info.name: block.get_submodule(info.name) for info in source.layout.inventory[index].linears
+                       if plan.target_for(info.full_name) is not None}
+            outputs = budget.new_store()
+            turn = _Turn(index, block, here, compute, source.storage_dtype, inputs, outputs, calls, source)
+            collector = StatsCollector(modules, {COLUMN_NORMS})
+            try:
+                with torch.no_grad():
+                    for batch in range(len(calls)):
+                        job.check()
+                        outputs.append(turn.run(batch).to(turn.storage))
+            finally:
+                stats = collector.close()
+            scores = [wanda.scores(weight_matrix(layer).float(), stats[name].column_norms.to(here))
+                      for name, layer in modules.items()]
+            ratios.append(allocation.outlier_ratio(scores, plan.allocation.owl_threshold) if scores else 0.0)
+            del scores, stats
+            source.unload(index, block)
+            inputs.close()
+            inputs = outputs
+        job.phase("survey outliers", len(placements), len(placements))
+    finally:
+        inputs.close()
+    return ratios
+
+
+@torch.no_grad()
+def _dense_outputs(turn: "_Turn", dense_inputs, budget, job: Job):
+    """The block's outputs, before it is pruned, on the dense model's inputs: what recovery aims at."""
+    job.phase("dense targets", 0, 1, f"block {turn.index}")
+    targets = budget.new_store()
+    for batch in range(len(turn.calls)):
+        job.check()
+        hidden = dense_inputs[batch].to(turn.device, turn.compute)
+        targets.append(run_block(turn.block, hidden, turn.calls[batch]).to(turn.storage))
+    return targets
 
 
 def _return_freed_memory() -> None:
@@ -227,12 +303,17 @@ def _block_bytes(block: nn.Module, dtype: torch.dtype) -> int:
 
 def _working_bytes(layout, per_store: int, batch_fraction: float, plan: PrunePlan) -> int:
     """Memory a block's turn needs besides its weights: a batch in and out (with ~8× for attention and MLP
-    intermediates) and the statistics of its layers (a float32 Hessian per layer for SparseGPT)."""
+    intermediates) and the statistics of its layers (a float32 Hessian per layer for SparseGPT). Block-wise
+    recovery adds the dense targets, a micro-batch's autograd intermediates (~30× its hidden states, bounded
+    here by a whole batch's) and Adam's two moments of the trained weights (bounded by the statistics' size)."""
     needs = METHODS[plan.method].needs
     widest = max((l.in_features for b in layout.inventory for l in b.linears), default=0)
     count = max((len(b.linears) for b in layout.inventory), default=0)
     stats = count * widest * widest * 4 * 3 if HESSIAN in needs else count * widest * 4
-    return int(10 * per_store * batch_fraction) + stats
+    working = int(10 * per_store * batch_fraction) + stats
+    if plan.recovery.mode == "blockwise":
+        working += int(32 * per_store * batch_fraction) + count * widest * widest * 4 * 3
+    return working
 
 
 @dataclass
@@ -248,6 +329,7 @@ class _Turn:
     outputs: ActivationStore
     calls: list[BlockCall]
     source: BlockSource
+    targets: ActivationStore | None = None   # the dense block's outputs on the dense inputs (recovery only)
 
     def hidden(self, batch: int) -> torch.Tensor:
         return self.inputs[batch].to(self.device, self.compute)
@@ -256,18 +338,20 @@ class _Turn:
         return run_block(self.block, self.hidden(batch), self.calls[batch])
 
 
-def _prune_block(turn: _Turn, layout, plan, skipped, job: Job, summarize: Summarize | None):
+def _prune_block(turn: _Turn, layout, plan, skipped, job: Job, summarize: Summarize | None, sizes: list[int]):
     index, block = turn.index, turn.block
     method = METHODS[plan.method]
+    pattern = plan.pattern_for(index)
     targets = {}
     for info in layout.inventory[index].linears:
-        target = plan.target_for(info.full_name)
+        target = plan.target_for(info.full_name, index)
         if target is None:
-            skipped.append(SkippedLayer(info.full_name, "in the ignore list"))
-        elif not plan.pattern.fits(info.in_features):
-            skipped.append(SkippedLayer(info.full_name, f"input dimension {info.in_features} is not a multiple of M={plan.pattern.m}"))
+            ignored = plan.target_for(info.full_name) is None
+            skipped.append(SkippedLayer(info.full_name, "in the ignore list" if ignored else "dense by the allocation"))
+        elif not pattern.fits(info.in_features):
+            skipped.append(SkippedLayer(info.full_name, f"input dimension {info.in_features} is not a multiple of M={pattern.m}"))
             job.message(f"skipped {info.full_name}: input dimension {info.in_features} does not divide into "
-                        f"groups of {plan.pattern.m}", "warning")
+                        f"groups of {pattern.m}", "warning")
         else:
             targets[info.name] = (info, target)
     modules = {name: block.get_submodule(name) for name in targets}
@@ -299,7 +383,7 @@ def _prune_block(turn: _Turn, layout, plan, skipped, job: Job, summarize: Summar
         stored_dtype = turn.storage
         turn.source.remember(info.full_name, layer)
         try:
-            outcome = method.prune(original.float(), stats.get(name), target, plan.pattern, plan.sparsegpt)
+            outcome = method.prune(original.float(), stats.get(name), target, pattern, plan.method_options)
         except NotPositiveDefinite as exc:
             skipped.append(SkippedLayer(info.full_name, str(exc)))
             job.message(f"skipped {info.full_name}: {exc}", "warning")
@@ -311,12 +395,15 @@ def _prune_block(turn: _Turn, layout, plan, skipped, job: Job, summarize: Summar
         with torch.no_grad():
             # Rounded to the dtype the weight is stored in, so the block propagates exactly what gets saved.
             set_weight_matrix(layer, outcome.weight.to(stored_dtype))
-        assert follows_pattern(weight_matrix(layer), plan.pattern), f"{info.full_name} breaks {plan.pattern}"
+        assert follows_pattern(weight_matrix(layer), pattern), f"{info.full_name} breaks {pattern}"
         pruned[name] = (info, target, time.perf_counter() - tic, outcome.notes, summary)
         stats.pop(name, None)
         del outcome
         _return_freed_memory()
     _return_freed_memory()
+    curve = None
+    if turn.targets is not None and pruned:
+        curve = _recover(turn, {n: modules[n] for n in pruned}, plan, pattern, sizes, job)
     job.phase("propagate", 0, 1, f"block {index}")
     errors = _propagate(turn, {n: modules[n] for n in pruned}, targets, plan.error_tokens, job)
     results = []
@@ -327,7 +414,50 @@ def _prune_block(turn: _Turn, layout, plan, skipped, job: Job, summarize: Summar
                              seconds, notes)
         results.append(result)
         job.emit(LayerPruned(index, result, summary))
-    return results
+    return results, curve
+
+
+def _recover(turn: _Turn, modules: dict[str, nn.Module], plan: PrunePlan, pattern, sizes: list[int], job: Job):
+    """Train the pruned layers' kept weights towards the dense block's outputs (in float32, whatever the
+    block computes in), then round them to the stored dtype as pruning does."""
+    options = plan.recovery
+    micro = micro_batches(sizes, options.batch_windows)
+    block = turn.block
+    trained = [layer.weight for layer in modules.values()]
+    grad_before = {p: p.requires_grad for p in block.parameters()}
+    compute = turn.compute
+    if compute != torch.float32:
+        block.float()
+    calls = turn.calls if compute == torch.float32 else [c.to(turn.device, torch.float32) for c in turn.calls]
+
+    def forward(micro):
+        b, start, stop = micro
+        hidden = turn.inputs[b][start:stop].to(turn.device, torch.float32)
+        return run_block(block, hidden, calls[b].windows(start, stop, sizes[b]))
+
+    def target(micro):
+        b, start, stop = micro
+        return turn.targets[b][start:stop].to(turn.device, torch.float32)
+
+    try:
+        for p in block.parameters():
+            p.requires_grad_(False)
+        for p in trained:
+            p.requires_grad_(True)
+        job.phase("recover", 0, options.total_steps(sum(sizes)), f"block {turn.index}")
+        curve = recover(turn.index, trained, forward, target, micro, options, job)
+    finally:
+        for p, flag in grad_before.items():
+            p.requires_grad_(flag)
+            p.grad = None
+        if compute != torch.float32:
+            block.to(compute)
+    with torch.no_grad():
+        for name, layer in modules.items():
+            layer.weight.data = layer.weight.data.to(turn.storage).to(layer.weight.dtype)
+            assert follows_pattern(weight_matrix(layer), pattern), f"{name} breaks {pattern} after recovery"
+    job.emit(BlockRecovered(turn.index, curve))
+    return curve
 
 
 @torch.no_grad()

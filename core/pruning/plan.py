@@ -9,7 +9,10 @@ from ..compute import resolve_device
 from ..errors import UserError
 from ..inputs import parse_globs, parse_overrides
 from ..patterns import UNSTRUCTURED, Pattern, parse_pattern
+from ..recovery.options import RecoveryOptions
+from .allocation import Allocation, AllocationOptions
 from .methods import METHODS
+from .methods.alps import Options as ALPSOptions
 from .methods.sparsegpt import Options as SparseGPTOptions
 
 
@@ -21,6 +24,10 @@ class PrunePlan:
     overrides: tuple[tuple[str, float], ...] = ()   # (name glob, sparsity), first match wins
     ignore: tuple[str, ...] = ()                     # name globs left dense
     sparsegpt: SparseGPTOptions = field(default_factory=SparseGPTOptions)
+    alps: ALPSOptions = field(default_factory=ALPSOptions)
+    allocation: AllocationOptions = field(default_factory=AllocationOptions)
+    recovery: RecoveryOptions = field(default_factory=RecoveryOptions)
+    blocks: Allocation | None = None                 # the allocation chosen for this model, once computed
     device: str = "auto"
     batch_size: int = 0                              # windows per forward pass; 0 = about 4096 tokens
     error_tokens: int = 2048                         # calibration tokens the per-layer output error is measured on
@@ -60,18 +67,47 @@ class PrunePlan:
             raise UserError(f"SparseGPT blocksize {options.blocksize} must be positive and a multiple of M={self.pattern.m or 1}.")
         if not 0 < options.dampening <= options.max_dampening:
             raise UserError(f"SparseGPT dampening {options.dampening:g} must be in (0, {options.max_dampening:g}].")
+        alps = self.alps
+        if alps.rho <= 0 or alps.max_iterations < 0 or alps.update_every < 1 or alps.refit_steps < 0 or alps.ridge < 0:
+            raise UserError("ALPS options: ρ must be positive, iterations and refit steps not negative, "
+                            "the update interval at least 1 and the ridge not negative.")
         if self.batch_size < 0 or self.error_tokens < 0:
             raise UserError("batch size and error tokens cannot be negative.")
+        self.allocation.validate(self.sparsity, self.pattern)
+        self.recovery.validate()
         resolve_device(self.device)
 
-    def target_for(self, full_name: str) -> float | None:
-        """The sparsity for a layer, or None when the ignore list keeps it dense."""
+    @property
+    def method_options(self):
+        """The options of the chosen method (None for the methods without any)."""
+        return {"sparsegpt": self.sparsegpt, "alps": self.alps}.get(self.method)
+
+    def target_for(self, full_name: str, block: int | None = None) -> float | None:
+        """The sparsity for a layer of `block`, or None when it stays dense (the ignore list, or an
+        N:M allocation that keeps the whole block dense). Overrides win over the allocation."""
         if any(_matches(full_name, glob) for glob in self.ignore):
             return None
         for glob, value in self.overrides:
             if _matches(full_name, glob):
                 return value
+        if self.blocks is not None and block is not None:
+            if self.blocks.patterns is not None and self.blocks.patterns[block] is None:
+                return None
+            return self.blocks.sparsity[block]
         return self.sparsity
+
+    @property
+    def served_pattern(self) -> Pattern:
+        """The one pattern every pruned block follows (an N:M allocation may mix them: then unstructured)."""
+        if self.blocks is None or self.blocks.patterns is None:
+            return self.pattern
+        chosen = {p for p in self.blocks.patterns if p is not None}
+        return chosen.pop() if len(chosen) == 1 else UNSTRUCTURED
+
+    def pattern_for(self, block: int) -> Pattern:
+        if self.blocks is not None and self.blocks.patterns is not None and self.blocks.patterns[block] is not None:
+            return self.blocks.patterns[block]
+        return self.pattern
 
     def describe(self) -> dict:
         return {
@@ -81,6 +117,9 @@ class PrunePlan:
             "overrides": [list(o) for o in self.overrides],
             "ignore": list(self.ignore),
             "sparsegpt": vars(self.sparsegpt) if self.method == "sparsegpt" else None,
+            "alps": vars(self.alps) if self.method == "alps" else None,
+            "allocation": self.blocks.describe() if self.blocks is not None else self.allocation.describe(),
+            "recovery": self.recovery.describe(),
             "batch_size": self.batch_size,
             "error_tokens": self.error_tokens,
         }

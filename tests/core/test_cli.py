@@ -58,6 +58,25 @@ def test_prune_writes_a_loadable_folder_and_the_promised_json(tiny_model, texts,
     assert report["pruning"]["method"] == "wanda" and report["calibration"]["nsamples"] == 4
 
 
+def test_alps_owl_and_recovery_are_printed_and_recorded_in_sparsity_json(tiny_model, texts, tmp_path, capsys):
+    out = tmp_path / "pruned"
+    code, stdout, _ = _run(["prune", str(tiny_model), "--calib", str(texts), "--nsamples", "4", "--seqlen", "64",
+                            "--method", "alps", "--alps-iterations", "40", "--sparsity", "0.6", "--allocation", "owl",
+                            "--recover", "--recover-steps", "3", "--out", str(out), "--device", "cpu"], capsys)
+    assert code == 0
+    assert "allocation owl" in stdout and "recovery (blockwise)" in stdout
+    table = [line.split() for line in stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [int(row[0]) for row in table] == [0, 1]       # one line per block
+    report = json.loads((out / "sparsity.json").read_text())["pruning"]
+    assert report["alps"]["max_iterations"] == 40 and report["alps"]["rho"] == 0.1
+    allocation = report["allocation"]
+    assert allocation["kind"] == "owl" and allocation["owl_lambda"] == 0.08
+    assert sum(allocation["block_sparsity"]) / 2 == pytest.approx(0.6)
+    assert [f"{s:.1%}" for s in allocation["block_sparsity"]] == [row[2] for row in table]
+    assert report["recovery"]["mode"] == "blockwise" and report["recovery"]["steps"] == 3
+    assert [b["block"] for b in report["recovery_blocks"]] == [0, 1]
+
+
 def test_inspect_lists_every_linear_layer(tiny_model, capsys):
     code, stdout, _ = _run(["inspect", str(tiny_model), "--json"], capsys)
     assert code == 0
@@ -106,13 +125,22 @@ def _bad_inputs(tiny_model, texts, tmp_path):
         "output not writable": (base + ["--out", str(readonly / "sub")], "cannot write"),
         "unknown method": (base + ["--method", "obs"] + out, "invalid choice"),
         "cuda without a gpu": (base + ["--device", "cuda"] + out, "no CUDA GPU") if not torch.cuda.is_available() else None,
+        "recovery steps negative": (base + ["--recover", "--recover-steps", "-1"] + out, "positive number of steps"),
+        "recovery epochs zero": (base + ["--recover", "--recover-epochs", "0"] + out, "positive number of steps"),
+        "recovery rate zero": (base + ["--recover", "e2e", "--recover-lr", "0"] + out, "learning rate 0 must be positive"),
+        "recovery batch zero": (base + ["--recover", "--recover-batch", "0"] + out, "at least 1"),
+        "owl beyond the range": (base + ["--allocation", "owl", "--sparsity", "0.95"] + out, "cannot allow"),
+        "owl lambda too large": (base + ["--allocation", "owl", "--owl-lambda", "0.7"] + out, "must be in [0, 0.5]"),
+        "alps rho zero": (base + ["--method", "alps", "--alps-rho", "0"] + out, "ρ must be positive"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing model", "corrupt model", "binary calibration", "empty calibration",
                                   "short calibration", "missing calibration", "sparsity 1", "sparsity negative",
                                   "N >= M", "bad pattern", "output exists", "output not writable", "unknown method",
-                                  "cuda without a gpu"])
+                                  "cuda without a gpu", "recovery steps negative", "recovery epochs zero",
+                                  "recovery rate zero", "recovery batch zero", "owl beyond the range",
+                                  "owl lambda too large", "alps rho zero"])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, tiny_model, texts, tmp_path, capsys):
     import os
 
