@@ -25,8 +25,12 @@ def parse_args(argv):
     parser.add_argument("--calib", nargs="+", metavar="FILE", help="calibration files (default: WikiText-2 valid, if found)")
     parser.add_argument("--eval", metavar="FILE", help="perplexity text for --screenshot (default: WikiText-2 test, if found)")
     parser.add_argument("--size", default="1600x980", help="window size for --screenshot, WIDTHxHEIGHT")
-    parser.add_argument("--tab", choices=("layer", "overview", "runs", "benchmark"), default="layer",
-                        help="which view --screenshot shows")
+    parser.add_argument("--tab", choices=("layer", "overview", "allocation", "recovery", "runs", "benchmark"),
+                        default="layer", help="which view --screenshot shows")
+    parser.add_argument("--allocation", choices=("uniform", "owl"),
+                        help="the run's allocation for --screenshot (default: owl for --tab allocation, else uniform)")
+    parser.add_argument("--recover", choices=("none", "blockwise", "e2e"),
+                        help="the run's recovery for --screenshot (default: blockwise for --tab recovery, else none)")
     return parser.parse_args(argv)
 
 
@@ -99,7 +103,9 @@ def main(argv=None) -> int:
         width, height = (int(v) for v in args.size.lower().split("x"))
         window.resize(width, height)
         driver = ScreenshotDriver(window, spec or "demo", calib, args.eval or find_wikitext(WIKITEXT[1]),
-                                  args.screenshot, tab=("layer", "overview", "runs", "benchmark").index(args.tab))
+                                  args.screenshot, tab=args.tab,
+                                  allocation=args.allocation or ("owl" if args.tab == "allocation" else "uniform"),
+                                  recovery=args.recover or ("blockwise" if args.tab == "recovery" else "none"))
         window.show()
         driver.start()
         app.exec()

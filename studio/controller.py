@@ -12,7 +12,7 @@ from PySide6.QtCore import QObject, Signal
 
 from core import workbench as wb
 from core.errors import UserError
-from core.events import LayerPruned
+from core.events import AllocationChosen, BlockRecovered, LayerPruned, RecoveryStep
 from core.kernels.benchmark import BenchOptions
 from core.kernels.results import KernelMeasured, MemorySampled
 from core.pruning.plan import PrunePlan
@@ -30,6 +30,9 @@ class Controller(QObject):
     run_started = Signal(object)              # PrunePlan
     progress = Signal(object)                 # core.events.Event
     layer_pruned = Signal(object, object)     # LayerResult, LayerView
+    allocation_chosen = Signal(object)        # core.pruning.allocation.Allocation, before the first block
+    recovery_step = Signal(object)            # core.events.RecoveryStep (several a second: views batch them)
+    block_recovered = Signal(object)          # core.recovery.blockwise.RecoveryCurve (block -1: end to end)
     run_finished = Signal(object)             # RunRecord
     run_cancelled = Signal()
     run_failed = Signal()
@@ -128,6 +131,12 @@ class Controller(QObject):
             self.calibration_ready.emit(event.calib)
         elif isinstance(event, LayerPruned) and event.summary is not None:
             self.layer_pruned.emit(event.result, event.summary)
+        elif isinstance(event, RecoveryStep):
+            self.recovery_step.emit(event)
+        elif isinstance(event, BlockRecovered):
+            self.block_recovered.emit(event.curve)
+        elif isinstance(event, AllocationChosen):
+            self.allocation_chosen.emit(event.allocation)
         self.progress.emit(event)
 
     def _run_done(self, record) -> None:

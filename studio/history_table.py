@@ -1,5 +1,6 @@
-"""The run history (one row per run) and the comparison of two runs: the difference heatmap of
-their masks on the selected layer and the agreement of their masks on every layer."""
+"""The run history (one row per run: method, pattern, allocation over the blocks, recovery, sparsity,
+perplexities, time) and the comparison of two runs: the difference heatmap of their masks on the
+selected layer and the agreement of their masks on every layer."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QLabel, QPushButt
 
 from .mask_heatmap import MaskHeatmap
 
-RUN_COLUMNS = ["Run", "Method", "Pattern", "Target", "Achieved", "PPL dense", "PPL pruned", "Time"]
+RUN_COLUMNS = ["Run", "Method", "Pattern", "Allocation", "Recovery", "Target", "Achieved", "PPL dense", "PPL pruned",
+               "Time"]
+TEXT_COLUMNS = {"Method", "Pattern", "Allocation", "Recovery"}     # left-aligned; the numbers are right-aligned
+
+
+def column(name: str) -> int:
+    return RUN_COLUMNS.index(name)
 
 
 class HistoryTable(QWidget):
@@ -61,13 +68,18 @@ class HistoryTable(QWidget):
         if row is None:
             row = self.table.rowCount()
             self.table.insertRow(row)
-        values = [str(record.number), record.method, record.pattern, f"{record.target_sparsity:.0%}",
-                  f"{record.sparsity:.1%}", _ppl(record.ppl_dense), _ppl(record.ppl), f"{record.seconds:.1f} s"]
-        for col, value in enumerate(values):
-            item = QTableWidgetItem(value)
+        values = {"Run": str(record.number), "Method": record.method, "Pattern": record.pattern,
+                  "Allocation": allocation_text(record.plan), "Recovery": recovery_text(record.plan),
+                  "Target": f"{record.target_sparsity:.0%}", "Achieved": f"{record.sparsity:.1%}",
+                  "PPL dense": _ppl(record.ppl_dense), "PPL pruned": _ppl(record.ppl), "Time": f"{record.seconds:.1f} s"}
+        tips = {"Allocation": allocation_tip(record.plan), "Recovery": recovery_tip(record.plan, record.result)}
+        for col, name in enumerate(RUN_COLUMNS):
+            item = QTableWidgetItem(values[name])
             item.setData(Qt.ItemDataRole.UserRole, record.number)
-            if col:
+            if col and name not in TEXT_COLUMNS:
                 item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            if tips.get(name):
+                item.setToolTip(tips[name])
             self.table.setItem(row, col, item)
         self.table.resizeColumnsToContents()
 
@@ -119,6 +131,48 @@ def _table(columns) -> QTableWidget:
     table.horizontalHeader().setStretchLastSection(True)
     table.setAlternatingRowColors(True)
     return table
+
+
+def allocation_text(plan) -> str:
+    """'uniform', or the allocation's kind and its λ, e.g. 'OWL λ 0.08'."""
+    options = plan.allocation
+    if options.kind == "uniform":
+        return "uniform"
+    return f"{options.kind.upper()} λ {options.owl_lambda:g}" if options.kind == "owl" else options.kind
+
+
+def allocation_tip(plan) -> str:
+    blocks = plan.blocks
+    if blocks is None:
+        return "every block pruned to the target sparsity"
+    text = (f"{blocks.kind}: block sparsity {min(blocks.sparsity):.1%} to {max(blocks.sparsity):.1%}, "
+            f"mean {blocks.mean:.1%}")
+    if blocks.patterns is not None:
+        text += "\npatterns: " + ", ".join(str(p) if p is not None else "dense" for p in blocks.patterns)
+    return text
+
+
+def recovery_text(plan) -> str:
+    """'none', 'blockwise' or 'end-to-end'."""
+    mode = plan.recovery.mode
+    return {"none": "none", "e2e": "end-to-end"}.get(mode, mode)
+
+
+def recovery_tip(plan, result) -> str:
+    options = plan.recovery
+    if not options.enabled:
+        return "no recovery: the pruned weights as the method left them"
+    steps = f"{options.steps} steps" if options.steps else f"{options.epochs:g} epochs"
+    text = f"{recovery_text(plan)}: {steps}, learning rate {options.learning_rate:g}, {options.batch_windows} windows a step"
+    curves = list(getattr(result, "recovery", None) or [])
+    if curves:
+        before = sum(c.before for c in curves) / len(curves)
+        after = sum(c.after for c in curves) / len(curves)
+        what = "KL to the dense model" if curves[0].block < 0 else f"mean relative output error of {len(curves)} blocks"
+        text += f"\n{what}: {before:.3g} → {after:.3g}"
+        if before > 0:
+            text += f" ({(after - before) / before:+.0%})"
+    return text
 
 
 def _ppl(value) -> str:

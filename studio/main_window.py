@@ -1,7 +1,7 @@
 """The main window: a welcome page until a model is open, then the workspace —
 controls on the left (model, calibration, prune, evaluate), the layer tree, the views in tabs
-(layer, model overview, runs), and the progress and log at the bottom. It wires widgets to the
-controller; it holds no pruning logic."""
+(layer, model overview, allocation over the blocks, recovery, runs, benchmark), and the progress and
+log at the bottom. It wires widgets to the controller; it holds no pruning logic."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from PySide6.QtWidgets import (QDialog, QDockWidget, QMainWindow, QScrollArea, Q
 
 from core.data.texts import PLAIN, TABULAR
 
+from .allocation_chart import AllocationChart
 from .bench_panel import BenchPanel
 from .calibration_panel import CalibrationPanel
 from .controller import Controller
@@ -27,6 +28,7 @@ from .message_bar import MessageBar
 from .model_panel import ModelPanel
 from .overview_chart import OverviewChart
 from .progress_panel import ProgressPanel
+from .recovery_chart import RecoveryChart
 from .run_panel import RunPanel
 from .welcome_view import WelcomeView
 
@@ -61,6 +63,8 @@ class MainWindow(QMainWindow):
         self.histograms = HistogramView()
         self.heatmap = MaskHeatmap()
         self.overview = OverviewChart()
+        self.allocation = AllocationChart()
+        self.recovery = RecoveryChart()
         self.history = HistoryTable()
         self.progress_panel = ProgressPanel()
         self.bench = BenchPanel()
@@ -78,6 +82,8 @@ class MainWindow(QMainWindow):
         self.tabs = QTabWidget()
         self.tabs.addTab(layer_page, "Layer")
         self.tabs.addTab(self.overview, "Model overview")
+        self.tabs.addTab(self.allocation, "Allocation")
+        self.tabs.addTab(self.recovery, "Recovery")
         self.tabs.addTab(self.history, "Runs")
         self.tabs.addTab(self.bench, "Benchmark")
         # Its row of controls is the widest thing in the window: squeezed (not widening the window) when narrow.
@@ -141,6 +147,9 @@ class MainWindow(QMainWindow):
         c.run_started.connect(self._run_started)
         c.progress.connect(self.progress_panel.on_event)
         c.layer_pruned.connect(self._layer_pruned)
+        c.allocation_chosen.connect(self._allocation_chosen)
+        c.recovery_step.connect(self.recovery.add_step)
+        c.block_recovered.connect(self.recovery.add_curve)
         c.run_finished.connect(self._run_finished)
         c.run_cancelled.connect(self._run_cancelled)
         c.run_failed.connect(lambda: self.run_panel.set_running(False))
@@ -236,6 +245,8 @@ class MainWindow(QMainWindow):
         names = [l.full_name for b in loaded.layout.inventory for l in b.linears]
         blocks = [b.index for b in loaded.layout.inventory for _ in b.linears]
         self.overview.set_layers(names, blocks)
+        self.allocation.set_blocks(len(loaded.layout.inventory))
+        self.recovery.set_blocks(len(loaded.layout.inventory))
         self.history.clear()
         self.histograms.clear()
         self.heatmap.clear()
@@ -261,8 +272,10 @@ class MainWindow(QMainWindow):
         self.export_action.setEnabled(False)
         self.layer_tree.clear_results()
         self.overview.clear()
+        self.allocation.begin(plan)
+        self.recovery.begin(plan)
         self.model_panel.set_state(None)
-        self.progress_panel.begin(f"{plan.method} {plan.pattern} at {plan.sparsity:.0%}")
+        self.progress_panel.begin(run_title(plan))
 
     @Slot(object, object)
     def _layer_pruned(self, result, view) -> None:
@@ -282,9 +295,15 @@ class MainWindow(QMainWindow):
             QTimer.singleShot(0, self, lambda: self._show_layer_view(selected[-1]))
 
     @Slot(object)
+    def _allocation_chosen(self, allocation) -> None:
+        self.allocation.show_allocation(allocation, self.allocation.target)   # the target begin() kept
+
+    @Slot(object)
     def _run_finished(self, record) -> None:
         self._refresh.stop()
         self._draw_pending_results()
+        self.allocation.show_run(record)
+        self.recovery.show_curves(record.result.recovery, record.plan.recovery.mode)
         self.run_panel.set_running(False)
         self.export_action.setEnabled(True)
         self.progress_panel.end(f"done: run {record.number}, {record.sparsity:.1%} of the pruned weights are zero")
@@ -308,6 +327,8 @@ class MainWindow(QMainWindow):
     def _weights_restored(self) -> None:
         self.layer_tree.clear_results()
         self.overview.clear()
+        self.allocation.clear()
+        self.recovery.clear()
         self.model_panel.set_state(None)
         self.export_action.setEnabled(False)
         if self.selected_layer:
@@ -394,6 +415,16 @@ class MainWindow(QMainWindow):
         self.settings.sync()
         self.controller.shutdown()
         super().closeEvent(event)
+
+
+def run_title(plan) -> str:
+    """The progress bar's title for a run: what it does, with its allocation and recovery when chosen."""
+    title = f"{plan.method} {plan.pattern} at {plan.sparsity:.0%}"
+    if plan.allocation.kind != "uniform":
+        title += f", {plan.allocation.kind.upper()} allocation"
+    if plan.recovery.enabled:
+        title += f", {'end-to-end' if plan.recovery.mode == 'e2e' else plan.recovery.mode} recovery"
+    return title
 
 
 def _scrolling(*panels) -> QScrollArea:

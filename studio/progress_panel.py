@@ -1,5 +1,5 @@
-"""The job in progress: a bar with its step (block and layer during a run), elapsed time and, where the
-total is known, an ETA; and a log of messages."""
+"""The job in progress: a bar with its step (block and layer during a run, and a block's recovery),
+elapsed time and, where the total is known, an ETA; and a log of messages."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ import time
 from PySide6.QtCore import QTimer, Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from core.events import BlockStarted, Finished, LayerPruned, Message, Phase, eta_seconds
+from core.events import (AllocationChosen, BlockRecovered, BlockStarted, Finished, LayerPruned, Message, Phase,
+                         RecoveryStep, eta_seconds)
+
+# How the engine's step names read in the bar and the label; any other name shows as it is.
+PHASE_NAMES = {"recover": "recovering", "survey outliers": "surveying outliers (OWL)"}
+
+
+def phase_name(name: str) -> str:
+    return PHASE_NAMES.get(name, name)
 
 
 class ProgressPanel(QWidget):
@@ -39,13 +47,15 @@ class ProgressPanel(QWidget):
         layout.addWidget(self.log, 1)
         self.started = None
         self.blocks_done, self.blocks_total, self.layer = 0, 0, ""
-        self.step = None                  # (name, started, done, total) of the current step with a known total
+        self.step = None                  # (name, started, done at start, done, total) of the step with a known total
+        self.recovering = None            # (block, started, steps done at start, step, total, loss) of a recovery
+        self._recovery_start = None       # when the current "recover" phase began
         self._ticker = QTimer(self, interval=500)
         self._ticker.timeout.connect(self._refresh_label)
 
     def begin(self, title: str) -> None:
         self.started = time.perf_counter()
-        self.blocks_done, self.blocks_total, self.layer, self.step = 0, 0, "", None
+        self.blocks_done, self.blocks_total, self.layer, self.step, self.recovering = 0, 0, "", None, None
         self.bar.setRange(0, 0)
         self.bar.setFormat(title)
         self.write(title)
@@ -58,23 +68,36 @@ class ProgressPanel(QWidget):
         self.bar.setFormat(text)
         elapsed = time.perf_counter() - self.started if self.started else 0.0
         self.label.setText(f"{text} in {elapsed:.1f} s" if self.started else text)
-        self.started = None
+        self.started, self.recovering, self._recovery_start = None, None, None
         self.write(text)
 
     def on_event(self, event) -> None:
         if isinstance(event, BlockStarted):
             self.blocks_done, self.blocks_total = event.index, event.total
+            self.step, self.recovering = None, None       # what came before the blocks is over
             self.bar.setRange(0, event.total)
             self.bar.setValue(event.index)
-            self.bar.setFormat(f"block {event.index + 1} of {event.total}")
+            self.bar.setFormat(self._block_text())
         elif isinstance(event, Phase):
             if event.name == "prune":
                 self.layer = event.detail
             elif self.blocks_total == 0 and event.total:
                 self.bar.setRange(0, event.total)
                 self.bar.setValue(event.done)
-                self.bar.setFormat(f"{event.name} {event.done}/{event.total}")
+                self.bar.setFormat(f"{phase_name(event.name)} {event.done}/{event.total}")
                 self._track_step(event)
+            if event.name == "recover" and event.done == 0:
+                self.recovering, self._recovery_start = None, time.perf_counter()   # a recovery's own clock
+            elif event.name != "recover" and self.recovering is not None:
+                self.recovering = None
+                if self.blocks_total:
+                    self.bar.setFormat(self._block_text())
+        elif isinstance(event, RecoveryStep):
+            self._track_recovery(event)
+        elif isinstance(event, BlockRecovered):
+            self.write(_recovered_text(event))
+        elif isinstance(event, AllocationChosen):
+            self.write(_allocation_text(event.allocation))
         elif isinstance(event, LayerPruned):
             r = event.result
             error = "" if r.error is None else f", error {r.error:.3g}"
@@ -83,13 +106,46 @@ class ProgressPanel(QWidget):
             self.write(("⚠ " if event.level == "warning" else "") + event.text)
         elif isinstance(event, Finished) and self.blocks_total:
             self.bar.setValue(self.blocks_total)
+            # Every block is done; a step after them (end-to-end recovery) gets the bar to itself.
+            self.blocks_done, self.blocks_total, self.layer, self.recovering = 0, 0, "", None
         self._refresh_label()
 
+    def _block_text(self) -> str:
+        text = f"block {self.blocks_done + 1} of {self.blocks_total}"
+        if self.recovering is not None:
+            _, _, _, step, total, _ = self.recovering
+            text += f"  ·  {phase_name('recover')} {step}/{total}"
+        return text
+
     def _track_step(self, event: Phase) -> None:
-        """Remember when the current step began, for its ETA; a new name or a count going back is a new step."""
-        restarted = self.step is None or self.step[0] != event.name or event.done < self.step[2]
-        since = time.perf_counter() if restarted else self.step[1]
-        self.step = (event.name, since, event.done, event.total)
+        """Remember when the current step began, for its ETA; a new name or a count going back is a new step.
+        A step first seen midway (its first report after some work) counts from there."""
+        restarted = self.step is None or self.step[0] != event.name or event.done < self.step[3]
+        since, first = (time.perf_counter(), event.done) if restarted else self.step[1:3]
+        self.step = (event.name, since, first, event.done, event.total)
+
+    def _track_recovery(self, event: RecoveryStep) -> None:
+        now = time.perf_counter()
+        current = self.recovering
+        if current is None or current[0] != event.block or event.step < current[3]:
+            if self._recovery_start is not None:      # counted from the "recover" phase's start
+                current = (event.block, self._recovery_start, 0)
+            else:                                     # from the first step seen
+                current = (event.block, now, event.step)
+            self._recovery_start = None
+        self.recovering = (event.block, current[1], current[2], event.step, event.total, event.loss)
+        if self.blocks_total:
+            self.bar.setFormat(self._block_text())
+
+    def _recovery_text(self) -> str:
+        block, since, first, step, total, loss = self.recovering
+        if block < 0 or not self.blocks_total:      # after the blocks: the bar and the ETA are the recovery's
+            return f"{'end-to-end' if block < 0 else f'block {block}'}, {'KL' if block < 0 else 'loss'} {loss:.3g}"
+        text = f"{phase_name('recover')} block {block}: step {step} of {total}"
+        eta = eta_seconds(since, step - first, total - first)     # this block's; the run's ETA comes first
+        if eta is not None:
+            text += f" (ETA {eta:.0f} s)"
+        return text + f", loss {loss:.3g}"
 
     def write(self, text: str) -> None:
         self.log.appendPlainText(f"{time.strftime('%H:%M:%S')}  {text}")
@@ -101,11 +157,33 @@ class ProgressPanel(QWidget):
         text = f"elapsed {elapsed:.0f} s"
         eta = eta_seconds(self.started, self.blocks_done, self.blocks_total)
         if eta is None and self.step is not None:
-            name, since, done, total = self.step
-            eta = eta_seconds(since, done, total)
-            text = f"{name}: {text}"
+            name, since, first, done, total = self.step
+            eta = eta_seconds(since, done - first, total - first)
+            text = f"{phase_name(name)}: {text}"
         if eta is not None:
             text += f",  ETA {eta:.0f} s"
-        if self.layer:
+        if self.recovering is not None:
+            text += f"   ·  {self._recovery_text()}"
+        elif self.layer:
             text += f"   ·  {self.layer}"
         self.label.setText(text)
+
+
+def _recovered_text(event: BlockRecovered) -> str:
+    curve = event.curve
+    if event.block < 0:
+        return (f"end-to-end recovery: KL {curve.before:.3g} → {curve.after:.3g} per token "
+                f"in {curve.steps} steps ({curve.seconds:.1f} s)")
+    return (f"block {event.block} recovered: output error {curve.before:.3g} → {curve.after:.3g} "
+            f"in {curve.steps} steps ({curve.seconds:.1f} s)")
+
+
+def _allocation_text(allocation) -> str:
+    low, high = min(allocation.sparsity), max(allocation.sparsity)
+    text = (f"{allocation.kind.upper() if allocation.kind == 'owl' else allocation.kind} allocation: block sparsity "
+            f"{low:.1%} to {high:.1%}, mean {allocation.mean:.1%}")
+    if allocation.patterns is not None:
+        dense = sum(p is None for p in allocation.patterns)
+        if dense:
+            text += f", {dense} block{'s' if dense > 1 else ''} kept dense"
+    return text

@@ -1,4 +1,5 @@
-"""Drive the window through open → Wanda run → perplexity → PNG, for the README's picture."""
+"""Drive the window through open → Wanda run (optionally with OWL's allocation and a recovery) →
+perplexity → PNG, for the README's picture."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ SHOWN_LAYER = "mlp.down_proj"
 
 class ScreenshotDriver(QObject):
     def __init__(self, window, spec: str, calib: list[str], eval_path: str | None, out: str,
-                 nsamples: int = 16, seqlen: int = 256, tab: int = 0):
+                 nsamples: int = 16, seqlen: int = 256, tab: str = "layer", allocation: str = "uniform",
+                 recovery: str = "none"):
         super().__init__(window)
         self.window, self.spec, self.calib, self.eval_path, self.out = window, spec, calib, eval_path, out
         self.nsamples, self.seqlen, self.tab = nsamples, seqlen, tab
+        self.allocation, self.recovery = allocation, recovery
         self.status = 1
         c = window.controller
         c.model_opened.connect(self._opened)
@@ -39,6 +42,8 @@ class ScreenshotDriver(QObject):
         w.run_panel.method.setCurrentText("wanda")
         w.run_panel.pattern.setCurrentText("unstructured")
         w.run_panel.sparsity.setValue(0.5)
+        w.run_panel.allocation.setCurrentIndex(w.run_panel.allocation.findData(self.allocation))
+        w.run_panel.recovery.setCurrentIndex(w.run_panel.recovery.findData(self.recovery))
         middle = loaded.layout.inventory[len(loaded.layout.inventory) // 2]
         w.layer_tree.select(next(l.full_name for l in middle.linears if l.name.endswith(SHOWN_LAYER)))
         w.start_run()
@@ -64,13 +69,20 @@ class ScreenshotDriver(QObject):
         QApplication.instance().quit()
 
     def _save(self) -> None:
-        self.window.tabs.setCurrentIndex(self.tab)
-        if self.tab == 3:          # a quick CPU-sized benchmark, then the picture
+        w = self.window
+        views = {"layer": 0, "overview": w.overview, "allocation": w.allocation, "recovery": w.recovery,
+                 "runs": w.history, "benchmark": w.bench}
+        view = views[self.tab]
+        if isinstance(view, int):
+            w.tabs.setCurrentIndex(view)
+        else:
+            w.tabs.setCurrentWidget(view)
+        if self.tab == "benchmark":          # a quick CPU-sized benchmark, then the picture
             self.window.bench.tokens.setText("1,16,128,512")
             self.window.start_benchmark(BenchOptions(tokens=(1, 16, 128, 512), end_to_end=True, new_tokens=8,
                                                      prompt_tokens=32, budget_s=0.1))
             return
-        if self.tab == 2 and self.window.selected_layer:
+        if self.tab == "runs" and self.window.selected_layer:
             self.window.history.table.selectAll()
             self.window.history.compare_button.click()
             QTimer.singleShot(1500, self._grab)

@@ -373,7 +373,7 @@ def _prune_block(turn: _Turn, layout, plan, skipped, job: Job, summarize: Summar
         for layer_stats in stats.values():
             layer_stats.disposable = True     # ours alone: a method may consume them (SparseGPT's H, in place)
         _return_freed_memory()
-    pruned = {}
+    pruned, later = {}, {}
     for i, (name, (info, target)) in enumerate(targets.items()):
         job.check()
         job.phase("prune", i, len(targets), info.full_name)
@@ -391,7 +391,10 @@ def _prune_block(turn: _Turn, layout, plan, skipped, job: Job, summarize: Summar
         if outcome.notes.get("dampening_retries"):
             job.message(f"{info.full_name}: Cholesky failed, succeeded with dampening "
                         f"{outcome.notes['dampening']:g}", "warning")
-        summary = summarize(original.float(), outcome) if summarize is not None else None
+        deferred = summarize is not None and turn.targets is not None     # summarized once recovery is done
+        summary = summarize(original.float(), outcome) if summarize is not None and not deferred else None
+        if deferred:
+            later[name] = (original.float(), outcome)
         with torch.no_grad():
             # Rounded to the dtype the weight is stored in, so the block propagates exactly what gets saved.
             set_weight_matrix(layer, outcome.weight.to(stored_dtype))
@@ -404,6 +407,11 @@ def _prune_block(turn: _Turn, layout, plan, skipped, job: Job, summarize: Summar
     curve = None
     if turn.targets is not None and pruned:
         curve = _recover(turn, {n: modules[n] for n in pruned}, plan, pattern, sizes, job)
+    for name, (original, outcome) in later.items():      # the views show the weights as recovery left them
+        outcome.weight = weight_matrix(modules[name]).detach().float()
+        info, target, seconds, notes, _ = pruned[name]
+        pruned[name] = (info, target, seconds, notes, summarize(original, outcome))
+    later.clear()
     job.phase("propagate", 0, 1, f"block {index}")
     errors = _propagate(turn, {n: modules[n] for n in pruned}, targets, plan.error_tokens, job)
     results = []

@@ -58,8 +58,9 @@ def _train(student, teacher, parameters, input_ids, options: RecoveryOptions, jo
     frozen = [p.detach() == 0 for p in parameters]
     windows = input_ids.shape[0]
     measured = input_ids[:MEASURED_WINDOWS]
-    before = _kl_over(student, teacher, measured, options.batch_windows, job, device)
     total = options.total_steps(windows)
+    job.phase("recover", 0, total, "measuring the KL before")
+    before = _kl_over(student, teacher, measured, options.batch_windows, job, device)
     optimizer = torch.optim.Adam(parameters, lr=options.learning_rate)
     generator = torch.Generator().manual_seed(0)
     order: list[int] = []

@@ -47,3 +47,34 @@ def test_a_run_counts_blocks_after_its_calibration(panel):
     assert panel.bar.format() == "block 11 of 30"
     panel.end("done: run 1")
     assert panel.label.text() == "done: run 1 in 5.0 s"
+
+
+def test_recovery_shows_as_its_own_step_with_its_eta(panel):
+    from core.events import BlockRecovered, Finished, RecoveryStep
+    from core.recovery.blockwise import RecoveryCurve
+
+    panel, clock = panel
+    panel.begin("wanda unstructured at 50%, blockwise recovery")
+    panel.on_event(BlockStarted(0, 2))
+    panel.on_event(Phase("prune", 0, 7, "model.layers.0.self_attn.q_proj"))
+    clock["now"] += 1.0
+    panel.on_event(Phase("recover", 0, 4, "block 0"))
+    clock["now"] += 2.0
+    panel.on_event(RecoveryStep(0, 1, 4, 0.25))
+    panel.on_event(Phase("recover", 1, 4, "block 0 loss 0.25"))
+    assert panel.bar.format() == "block 1 of 2  ·  recovering 1/4"
+    assert panel.label.text() == "elapsed 3 s   ·  recovering block 0: step 1 of 4 (ETA 6 s), loss 0.25"
+    panel.on_event(BlockRecovered(0, RecoveryCurve(0, 0.3, 0.1, 4, 8.0, [0.25, 0.2, 0.15, 0.1])))
+    assert "block 0 recovered: output error 0.3 → 0.1 in 4 steps (8.0 s)" in panel.log.toPlainText()
+    panel.on_event(Phase("propagate", 0, 1, "block 0"))        # recovery is over: the bar says the block again
+    assert panel.bar.format() == "block 1 of 2"
+    panel.on_event(BlockStarted(1, 2))
+    panel.on_event(Finished())
+    clock["now"] += 1.0
+    panel.on_event(RecoveryStep(-1, 1, 10, 0.5))                  # end to end, after the blocks
+    panel.on_event(Phase("recover", 1, 10, "KL 0.5"))
+    assert panel.bar.format() == "recovering 1/10"
+    assert panel.label.text() == "recovering: elapsed 4 s   ·  end-to-end, KL 0.5"
+    clock["now"] += 2.0
+    panel.on_event(Phase("recover", 3, 10, "KL 0.4"))              # 2 steps in 2 s since the first: 7 s to go
+    assert panel.label.text() == "recovering: elapsed 6 s,  ETA 7 s   ·  end-to-end, KL 0.5"

@@ -306,6 +306,7 @@ def test_settings_keep_last_parameters_and_geometry(qtbot, studio_settings):
 
 def test_evaluation_scores_dense_and_pruned(qtbot, studio_window, studio_tiny_llama, studio_calib_text):
     from core.evaluation.perplexity import evaluation_windows, perplexity
+    from studio.history_table import column
 
     loaded = open_tiny(qtbot, studio_window, studio_tiny_llama)
     windows = evaluation_windows(loaded.tokenizer, studio_calib_text, 32, 3)
@@ -321,7 +322,7 @@ def test_evaluation_scores_dense_and_pruned(qtbot, studio_window, studio_tiny_ll
         panel.button.click()
     record, dense_ppl, pruned_ppl = blocker.args[0]
     assert dense_ppl.ppl == pytest.approx(dense, rel=1e-5) and pruned_ppl.ppl == pytest.approx(pruned, rel=1e-5)
-    assert studio_window.history.table.item(0, 5).text() == f"{dense:.2f}"
+    assert studio_window.history.table.item(0, column("PPL dense")).text() == f"{dense:.2f}"
     assert torch.equal(weight_matrix(loaded.model.get_submodule(FIRST)) == 0, torch.from_numpy(record.masks[FIRST].unpack()))
 
 
