@@ -26,8 +26,7 @@ from .analysis.comparison import Comparison, compare, pack_masks
 from .analysis.views import LayerView, Tile, current_weight, dense_view, run_view, tile
 from .data.calibration import CalibrationSet, default_seqlen, load_calibration
 from .errors import UserError
-from .compute import resolve_device
-from .events import BlockRecovered, Event, Job, LayerPruned, as_job
+from .events import Event, Job, LayerPruned, as_job
 from .evaluation.perplexity import Perplexity, evaluation_windows, perplexity
 from .export.compact import CompactSummary, export_compact
 from .export.folder import check_output, write_export
@@ -36,15 +35,14 @@ from .export.streaming import prune_streaming
 from .formats.compact24 import weight_files
 from .kernels.benchmark import BenchOptions, BenchReport, run_benchmark
 from .models.demo import ensure_demo
-from .models.architectures import weight_matrix
 from .models.loaded import LoadedModel
 from .models.open import open_model as open_any
 from .models.streaming import open_streaming
-from .patterns import follows_pattern, is_two_four
+from .patterns import is_two_four
 from .pruning.pipeline import PruneResult, prune as prune_in_memory
 from .pruning.plan import PrunePlan
 from .pruning.snapshot import WeightSnapshot
-from .recovery.e2e import recover_model
+from .recovery.e2e import recover_pruned_model
 
 EXPORT_FORMATS = ("hf", "compact")
 
@@ -249,7 +247,7 @@ def prune(bench: Workbench, plan: PrunePlan, job: Job | None = None, *, memory_b
         result = prune_in_memory(loaded, bench.calib, plan, watched, summarize=summarize,
                                  memory_budget=memory_budget, dense=dense)
         if teacher is not None:
-            _recover_end_to_end(loaded, teacher, bench.calib, result, job)
+            recover_pruned_model(loaded.model, teacher, bench.calib.input_ids, result, job)
     except BaseException:
         if teacher is not None:      # the pipeline restores its own failures; this covers recovery's
             loaded.model.load_state_dict(teacher.state_dict())
@@ -259,21 +257,6 @@ def prune(bench: Workbench, plan: PrunePlan, job: Job | None = None, *, memory_b
         del teacher
     masks = pack_masks(loaded, [layer.name for layer in result.layers]) if bench.remember else {}
     return _keep(bench, RunRecord(number, result.plan, result, masks, views))
-
-
-def _recover_end_to_end(loaded: LoadedModel, teacher, calib: CalibrationSet, result: PruneResult, job: Job) -> None:
-    """Masked fine-tuning of the pruned layers against the dense model; rounds to the stored dtype after."""
-    model = loaded.model
-    parameters = [model.get_submodule(layer.name).weight for layer in result.layers]
-    job.message(f"end-to-end recovery of {len(parameters)} layers on {calib.nsamples} windows")
-    curve = recover_model(model, teacher, parameters, calib.input_ids, result.plan.recovery, job,
-                          resolve_device(result.plan.device))
-    for layer, param in zip(result.layers, parameters):
-        pattern = result.plan.pattern_for(layer.block)
-        if not follows_pattern(weight_matrix(model.get_submodule(layer.name)), pattern):
-            raise AssertionError(f"{layer.name} breaks {pattern} after recovery")
-    result.recovery = [curve]
-    job.emit(BlockRecovered(-1, curve))
 
 
 def _layer_views(job: Job, plan: PrunePlan, views: dict):

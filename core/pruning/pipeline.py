@@ -24,20 +24,21 @@ from torch import nn
 
 from ..compute import resolve_device
 from ..data.calibration import CalibrationSet
-from ..events import AllocationChosen, BlockRecovered, BlockStarted, Finished, Job, LayerPruned, as_job
+from ..events import AllocationChosen, BlockStarted, Finished, Job, LayerPruned, as_job
 from ..models.architectures import set_weight_matrix, weight_matrix
 from ..models.loaded import LoadedModel, check_window_length
 from ..patterns import follows_pattern, sparsity_of
-from ..recovery.blockwise import RecoveryCurve, micro_batches, recover
+from ..recovery.blockwise import RecoveryCurve
 from . import allocation
-from .activations import ActivationBudget, ActivationStore, hidden_bytes
-from .capture import BlockCall, auto_batch_size, batches, capture_first_block_inputs, run_block
+from .activations import ActivationBudget, hidden_bytes
+from .capture import BlockCall, auto_batch_size, batches
 from .in_memory import InMemoryBlocks
-from .methods import METHODS, MethodResult, wanda
+from .methods import METHODS, MethodResult
 from .methods.sparsegpt import NotPositiveDefinite
+from .passes import Turn, capture, dense_outputs, recover_block, survey_outliers
 from .placement import block_devices
 from .plan import PrunePlan
-from .stats import COLUMN_NORMS, HESSIAN, StatsCollector, StopBlock
+from .stats import HESSIAN, StatsCollector, StopBlock
 
 # Makes the display summary of a pruned layer from its weight before and the method's result (the
 # studio passes `core.analysis.summaries.summarize`); None: no summaries.
@@ -169,10 +170,10 @@ def prune_blocks(
             job.message(f"activations ({2 * per_store / 2**20:.0f} MiB for a block's inputs and outputs) "
                         f"exceed the memory budget: they are kept on disk")
         if plan.allocation.kind == "owl":
-            ratios = _survey_outliers(source, calib, plan, placements, budget, batch_size, compute, job)
+            ratios = survey_outliers(source, calib, plan, placements, budget, batch_size, compute, job)
             plan = replace(plan, blocks=allocation.owl(ratios, plan.sparsity, plan.pattern, plan.allocation))
             job.emit(AllocationChosen(plan.blocks))
-        inputs, raw_calls = _capture(source, calib, placements, budget, batch_size, job)
+        inputs, raw_calls = capture(source, calib, placements, budget, batch_size, job)
         dense_inputs = inputs if recovering else None   # the dense model's inputs to the current block
         sizes = [len(chunk) for chunk in batches(calib.input_ids, batch_size)]   # windows per batch
         calls_on: dict[str, list[BlockCall]] = {}
@@ -186,9 +187,9 @@ def prune_blocks(
             calls = calls_on[placement.device]
             block = source.load(index, here, compute)
             outputs = budget.new_store()
-            turn = _Turn(index, block, here, compute, source.storage_dtype, inputs, outputs, calls, source)
+            turn = Turn(index, block, here, compute, source.storage_dtype, inputs, outputs, calls, source)
             if recovering:
-                turn.targets = _dense_outputs(turn, dense_inputs, budget, job)
+                turn.targets = dense_outputs(turn, dense_inputs, budget, job)
             results, curve = _prune_block(turn, layout, plan, skipped, job, summarize, sizes)
             if sink is not None:
                 sink.write_block(index, block)
@@ -217,66 +218,6 @@ def prune_blocks(
         budget.close()
     job.emit(Finished(result))
     return result
-
-
-def _capture(source: BlockSource, calib, placements, budget, batch_size, job: Job):
-    """The first block's inputs (into a new store) and the other arguments of its calls."""
-    first = torch.device(placements[0].device)
-    source.prepare(first)
-    inputs = budget.new_store()
-    raw_calls = capture_first_block_inputs(source.model, source.layout.blocks, calib.input_ids, first, batch_size,
-                                           job, inputs)
-    source.release_outside()
-    return inputs, raw_calls
-
-
-def _survey_outliers(source, calib, plan: PrunePlan, placements, budget, batch_size, compute, job: Job) -> list[float]:
-    """OWL's outlier ratio of every block, measured on the dense model: one forward pass over the
-    calibration windows, block by block, gathering the input column norms that Wanda's scores need."""
-    inputs, raw_calls = _capture(source, calib, placements, budget, batch_size, job)
-    ratios = []
-    try:
-        for index, placement in enumerate(placements):
-            job.check()
-            job.phase("survey outliers", index, len(placements), f"block {index}")
-            here = torch.device(placement.device)
-            calls = [c.to(here, compute) for c in raw_calls]
-            block = source.load(index, here, compute)
-            modules = {info.name: block.get_submodule(info.name) for info in source.layout.inventory[index].linears
-                       if plan.target_for(info.full_name) is not None}
-            outputs = budget.new_store()
-            turn = _Turn(index, block, here, compute, source.storage_dtype, inputs, outputs, calls, source)
-            collector = StatsCollector(modules, {COLUMN_NORMS})
-            try:
-                with torch.no_grad():
-                    for batch in range(len(calls)):
-                        job.check()
-                        outputs.append(turn.run(batch).to(turn.storage))
-            finally:
-                stats = collector.close()
-            scores = [wanda.scores(weight_matrix(layer).float(), stats[name].column_norms.to(here))
-                      for name, layer in modules.items()]
-            ratios.append(allocation.outlier_ratio(scores, plan.allocation.owl_threshold) if scores else 0.0)
-            del scores, stats
-            source.unload(index, block)
-            inputs.close()
-            inputs = outputs
-        job.phase("survey outliers", len(placements), len(placements))
-    finally:
-        inputs.close()
-    return ratios
-
-
-@torch.no_grad()
-def _dense_outputs(turn: "_Turn", dense_inputs, budget, job: Job):
-    """The block's outputs, before it is pruned, on the dense model's inputs: what recovery aims at."""
-    job.phase("dense targets", 0, 1, f"block {turn.index}")
-    targets = budget.new_store()
-    for batch in range(len(turn.calls)):
-        job.check()
-        hidden = dense_inputs[batch].to(turn.device, turn.compute)
-        targets.append(run_block(turn.block, hidden, turn.calls[batch]).to(turn.storage))
-    return targets
 
 
 def _return_freed_memory() -> None:
@@ -316,29 +257,7 @@ def _working_bytes(layout, per_store: int, batch_fraction: float, plan: PrunePla
     return working
 
 
-@dataclass
-class _Turn:
-    """One block's turn: the block on its device and the activations going in and out."""
-
-    index: int
-    block: nn.Module
-    device: torch.device
-    compute: torch.dtype          # dtype the block computes in
-    storage: torch.dtype          # dtype the model stores weights in, and activations between blocks
-    inputs: ActivationStore
-    outputs: ActivationStore
-    calls: list[BlockCall]
-    source: BlockSource
-    targets: ActivationStore | None = None   # the dense block's outputs on the dense inputs (recovery only)
-
-    def hidden(self, batch: int) -> torch.Tensor:
-        return self.inputs[batch].to(self.device, self.compute)
-
-    def run(self, batch: int) -> torch.Tensor:
-        return run_block(self.block, self.hidden(batch), self.calls[batch])
-
-
-def _prune_block(turn: _Turn, layout, plan, skipped, job: Job, summarize: Summarize | None, sizes: list[int]):
+def _prune_block(turn: Turn, layout, plan, skipped, job: Job, summarize: Summarize | None, sizes: list[int]):
     index, block = turn.index, turn.block
     method = METHODS[plan.method]
     pattern = plan.pattern_for(index)
@@ -406,7 +325,7 @@ def _prune_block(turn: _Turn, layout, plan, skipped, job: Job, summarize: Summar
     _return_freed_memory()
     curve = None
     if turn.targets is not None and pruned:
-        curve = _recover(turn, {n: modules[n] for n in pruned}, plan, pattern, sizes, job)
+        curve = recover_block(turn, {n: modules[n] for n in pruned}, plan, pattern, sizes, job)
     for name, (original, outcome) in later.items():      # the views show the weights as recovery left them
         outcome.weight = weight_matrix(modules[name]).detach().float()
         info, target, seconds, notes, _ = pruned[name]
@@ -425,51 +344,8 @@ def _prune_block(turn: _Turn, layout, plan, skipped, job: Job, summarize: Summar
     return results, curve
 
 
-def _recover(turn: _Turn, modules: dict[str, nn.Module], plan: PrunePlan, pattern, sizes: list[int], job: Job):
-    """Train the pruned layers' kept weights towards the dense block's outputs (in float32, whatever the
-    block computes in), then round them to the stored dtype as pruning does."""
-    options = plan.recovery
-    micro = micro_batches(sizes, options.batch_windows)
-    block = turn.block
-    trained = [layer.weight for layer in modules.values()]
-    grad_before = {p: p.requires_grad for p in block.parameters()}
-    compute = turn.compute
-    if compute != torch.float32:
-        block.float()
-    calls = turn.calls if compute == torch.float32 else [c.to(turn.device, torch.float32) for c in turn.calls]
-
-    def forward(micro):
-        b, start, stop = micro
-        hidden = turn.inputs[b][start:stop].to(turn.device, torch.float32)
-        return run_block(block, hidden, calls[b].windows(start, stop, sizes[b]))
-
-    def target(micro):
-        b, start, stop = micro
-        return turn.targets[b][start:stop].to(turn.device, torch.float32)
-
-    try:
-        for p in block.parameters():
-            p.requires_grad_(False)
-        for p in trained:
-            p.requires_grad_(True)
-        job.phase("recover", 0, options.total_steps(sum(sizes)), f"block {turn.index}")
-        curve = recover(turn.index, trained, forward, target, micro, options, job)
-    finally:
-        for p, flag in grad_before.items():
-            p.requires_grad_(flag)
-            p.grad = None
-        if compute != torch.float32:
-            block.to(compute)
-    with torch.no_grad():
-        for name, layer in modules.items():
-            layer.weight.data = layer.weight.data.to(turn.storage).to(layer.weight.dtype)
-            assert follows_pattern(weight_matrix(layer), pattern), f"{name} breaks {pattern} after recovery"
-    job.emit(BlockRecovered(turn.index, curve))
-    return curve
-
-
 @torch.no_grad()
-def _propagate(turn: _Turn, modules, targets, error_tokens, job: Job):
+def _propagate(turn: Turn, modules, targets, error_tokens, job: Job):
     """Run the pruned block over every batch into `turn.outputs`; measure each layer's relative output
     error ‖(W−Ŵ)X‖² / ‖WX‖² on the first tokens. WX is the pruned layer's own output plus (W−Ŵ)X,
     so the probe costs one extra product per layer, not two."""

@@ -14,11 +14,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..events import Job, RecoveryStep
+from ..compute import resolve_device
+from ..events import BlockRecovered, Job, RecoveryStep
+from ..models.architectures import weight_matrix
+from ..patterns import follows_pattern
 from .blockwise import RecoveryCurve
 from .options import RecoveryOptions
 
 MEASURED_WINDOWS = 8      # windows the KL before and after is measured on
+
+
+def recover_pruned_model(model: nn.Module, teacher: nn.Module, input_ids: torch.Tensor, result, job: Job) -> None:
+    """Recover the layers a run (`result`, a `core.pruning.pipeline.PruneResult`) pruned, with its plan's
+    options and device; check every mask afterwards and record the curve in `result.recovery`."""
+    parameters = [model.get_submodule(layer.name).weight for layer in result.layers]
+    job.message(f"end-to-end recovery of {len(parameters)} layers on {input_ids.shape[0]} windows")
+    curve = recover_model(model, teacher, parameters, input_ids, result.plan.recovery, job,
+                          resolve_device(result.plan.device))
+    for layer in result.layers:
+        pattern = result.plan.pattern_for(layer.block)
+        if not follows_pattern(weight_matrix(model.get_submodule(layer.name)), pattern):
+            raise AssertionError(f"{layer.name} breaks {pattern} after recovery")
+    result.recovery = [curve]
+    job.emit(BlockRecovered(-1, curve))
 
 
 def recover_model(

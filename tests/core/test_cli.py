@@ -191,6 +191,7 @@ def test_stream_writes_the_same_weights_as_the_in_memory_prune(tiny_model, texts
 @pytest.mark.parametrize("extra, message", [
     (["--stream", "--eval", "EVAL"], "run `compression-studio eval"),
     (["--memory-budget", "lots"], "not a positive size"),
+    (["--stream", "--recover", "e2e"], "needs the whole model in memory twice"),
 ])
 def test_streaming_options_refuse_what_they_cannot_do(extra, message, tiny_model, texts, tmp_path, capsys):
     extra = [str(texts) if e == "EVAL" else e for e in extra]

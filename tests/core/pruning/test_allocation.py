@@ -7,7 +7,7 @@ from core.errors import UserError
 from core.events import AllocationChosen, Job, Recorder
 from core.models.architectures import weight_matrix
 from core.models.open import open_model
-from core.patterns import Pattern, TWO_FOUR, follows_pattern
+from core.patterns import TWO_FOUR, follows_pattern
 from core.pruning import allocation, pipeline
 from core.pruning.allocation import AllocationOptions
 from core.pruning.methods.wanda import scores as wanda_scores

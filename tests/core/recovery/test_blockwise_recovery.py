@@ -7,8 +7,8 @@ import torch
 from core.events import BlockRecovered, Cancelled, CancelToken, Job, RecoveryStep, Recorder
 from core.models.architectures import weight_matrix
 from core.models.open import open_model
-from core.patterns import Pattern, UNSTRUCTURED, follows_pattern
-from core.pruning import pipeline
+from core.patterns import follows_pattern
+from core.pruning import passes, pipeline
 from core.pruning.capture import capture_first_block_inputs, run_block
 from core.pruning.activations import ActivationStore
 from core.pruning.plan import PrunePlan
@@ -43,7 +43,7 @@ def test_every_mask_is_exact_after_recovery_and_the_error_falls(tiny_llama_folde
         return curve
 
     finals = []
-    monkeypatch.setattr(pipeline, "recover", spy)
+    monkeypatch.setattr(passes, "recover", spy)
     loaded = open_model(tiny_llama_folder)
     recorder = Recorder()
     result = pipeline.prune(loaded, calib, PrunePlan.build(method="wanda", pattern=pattern, batch_size=4,
@@ -77,7 +77,7 @@ def test_the_targets_are_the_dense_blocks_outputs_on_the_dense_inputs(tiny_llama
         seen[block] = torch.cat([target(b) for b in batches])
         return real(block, parameters, forward, target, batches, options, job)
 
-    monkeypatch.setattr(pipeline, "recover", spy)
+    monkeypatch.setattr(passes, "recover", spy)
     loaded = open_model(tiny_llama_folder)
     pipeline.prune(loaded, calib, PrunePlan.build(method="wanda", batch_size=4, recovery=RECOVER))
     for i in (0, 1):      # block 1's targets come from the dense block 0's outputs, not the pruned one's

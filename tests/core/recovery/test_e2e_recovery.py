@@ -31,16 +31,16 @@ def test_kl_is_zero_for_equal_logits_and_matches_its_definition():
 
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
 def test_e2e_lowers_the_kl_and_keeps_every_mask(tiny_llama_folder, text_file, pattern, monkeypatch):
-    from core import workbench
+    from core.recovery import e2e
 
     masks = {}
-    real = workbench.recover_model
+    real = e2e.recover_model
 
     def spy(student, teacher, parameters, *args):        # the masks as pruning left them
         masks.update({id(p): p.detach() == 0 for p in parameters})
         return real(student, teacher, parameters, *args)
 
-    monkeypatch.setattr(workbench, "recover_model", spy)
+    monkeypatch.setattr(e2e, "recover_model", spy)
     bench = bench_with(tiny_llama_folder, text_file)
     record = wb.prune(bench, PrunePlan.build(method="wanda", pattern=pattern, recovery=E2E))
     [curve] = record.result.recovery
