@@ -80,20 +80,26 @@ def recover(
         batch = batches[order.pop()]
         with torch.enable_grad():
             loss = (forward(batch) - target(batch)).float().pow(2).mean() / scale
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        for p, zero in zip(parameters, frozen):
-            p.grad.masked_fill_(zero, 0)
-        optimizer.step()
-        with torch.no_grad():
-            for p, zero in zip(parameters, frozen):
-                p.masked_fill_(zero, 0)
-        losses.append(loss.item())
+        losses.append(masked_step(loss, optimizer, parameters, frozen))
         job.emit(RecoveryStep(block, step + 1, total, losses[-1]))
         job.phase("recover", step + 1, total, f"block {block} loss {losses[-1]:.3g}")
     del optimizer
     after = _relative_error(forward, target, measured, scale, job)
     return RecoveryCurve(block, before, after, total, time.perf_counter() - started, losses)
+
+
+def masked_step(loss: torch.Tensor, optimizer, parameters, frozen) -> float:
+    """One optimizer step on `loss` in which the positions `frozen` (the pruned zeros) neither get a gradient
+    nor move: their gradients are masked and they are reset to exactly zero after the step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    for p, zero in zip(parameters, frozen):
+        p.grad.masked_fill_(zero, 0)
+    optimizer.step()
+    with torch.no_grad():
+        for p, zero in zip(parameters, frozen):
+            p.masked_fill_(zero, 0)
+    return loss.item()
 
 
 def _measured(batches: Sequence[MicroBatch]) -> list[MicroBatch]:

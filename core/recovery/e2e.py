@@ -18,7 +18,7 @@ from ..compute import resolve_device
 from ..events import BlockRecovered, Job, RecoveryStep
 from ..models.architectures import weight_matrix
 from ..patterns import follows_pattern
-from .blockwise import RecoveryCurve
+from .blockwise import RecoveryCurve, masked_step
 from .options import RecoveryOptions
 
 MEASURED_WINDOWS = 8      # windows the KL before and after is measured on
@@ -93,15 +93,7 @@ def _train(student, teacher, parameters, input_ids, options: RecoveryOptions, jo
             target = teacher(input_ids=batch, use_cache=False).logits.float()
         with torch.enable_grad():
             loss = kl_per_token(student(input_ids=batch, use_cache=False).logits.float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        for p, zero in zip(parameters, frozen):
-            p.grad.masked_fill_(zero, 0)
-        optimizer.step()
-        with torch.no_grad():
-            for p, zero in zip(parameters, frozen):
-                p.masked_fill_(zero, 0)
-        losses.append(loss.item())
+        losses.append(masked_step(loss, optimizer, parameters, frozen))
         job.emit(RecoveryStep(-1, step + 1, total, losses[-1]))
         job.phase("recover", step + 1, total, f"KL {losses[-1]:.3g}")
     del optimizer
