@@ -29,7 +29,7 @@ from ..models.architectures import set_weight_matrix, weight_matrix
 from ..models.loaded import LoadedModel, check_window_length
 from ..patterns import follows_pattern, sparsity_of
 from ..recovery.blockwise import RecoveryCurve
-from . import allocation
+from . import allocation, quantize_step
 from .activations import ActivationBudget, hidden_bytes
 from .capture import BlockCall, auto_batch_size, batches
 from .in_memory import InMemoryBlocks
@@ -56,6 +56,7 @@ class LayerResult:
     error_tokens: int
     seconds: float
     notes: dict = field(default_factory=dict)
+    quant_error: float | None = None   # quantization's own share: ‖(W_pruned − Ŵ)X‖² / ‖W_pruned X‖²
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class PruneResult:
     skipped: list[SkippedLayer]
     seconds: float
     recovery: list[RecoveryCurve] = field(default_factory=list)
+    quantized: dict = field(default_factory=dict, repr=False)   # full layer name -> QuantizedLayer
 
     @property
     def sparsity(self) -> float:
@@ -89,6 +91,7 @@ class PruneResult:
             "skipped": [asdict(s) for s in self.skipped],
             "seconds": self.seconds,
             "recovery_blocks": [c.describe() for c in self.recovery],
+            "quantized_layers": len(self.quantized),
         }
 
 
@@ -177,7 +180,7 @@ def prune_blocks(
         dense_inputs = inputs if recovering else None   # the dense model's inputs to the current block
         sizes = [len(chunk) for chunk in batches(calib.input_ids, batch_size)]   # windows per batch
         calls_on: dict[str, list[BlockCall]] = {}
-        layers, skipped, curves = [], [], []
+        layers, skipped, curves, quantized = [], [], [], {}
         for index, placement in enumerate(placements):
             job.check()
             job.emit(BlockStarted(index, len(layout.blocks)))
@@ -190,7 +193,8 @@ def prune_blocks(
             turn = Turn(index, block, here, compute, source.storage_dtype, inputs, outputs, calls, source)
             if recovering:
                 turn.targets = dense_outputs(turn, dense_inputs, budget, job)
-            results, curve = _prune_block(turn, layout, plan, skipped, job, summarize, sizes)
+            results, curve, records = _prune_block(turn, layout, plan, skipped, job, summarize, sizes)
+            quantized.update(records)
             if sink is not None:
                 sink.write_block(index, block)
             if not placement.resident:
@@ -209,7 +213,8 @@ def prune_blocks(
         if dense_inputs is not None and dense_inputs is not inputs:
             dense_inputs.close()
         devices = sorted({p.device for p in placements})
-        result = PruneResult(plan, ",".join(devices), layers, skipped, time.perf_counter() - started, curves)
+        result = PruneResult(plan, ",".join(devices), layers, skipped, time.perf_counter() - started, curves,
+                             quantized)
     except BaseException:
         source.restore()
         raise
@@ -247,7 +252,7 @@ def _working_bytes(layout, per_store: int, batch_fraction: float, plan: PrunePla
     intermediates) and the statistics of its layers (a float32 Hessian per layer for SparseGPT). Block-wise
     recovery adds the dense targets, a micro-batch's autograd intermediates (~30× its hidden states, bounded
     here by a whole batch's) and Adam's two moments of the trained weights (bounded by the statistics' size)."""
-    needs = METHODS[plan.method].needs
+    needs = METHODS[plan.method].needs | quantize_step.needs(plan)
     widest = max((l.in_features for b in layout.inventory for l in b.linears), default=0)
     count = max((len(b.linears) for b in layout.inventory), default=0)
     stats = count * widest * widest * 4 * 3 if HESSIAN in needs else count * widest * 4
@@ -275,9 +280,10 @@ def _prune_block(turn: Turn, layout, plan, skipped, job: Job, summarize: Summari
             targets[info.name] = (info, target)
     modules = {name: block.get_submodule(name) for name in targets}
     stats = {}
-    if method.needs and targets:
+    needs = set(method.needs) | quantize_step.needs(plan)
+    if needs and targets:
         job.phase("gather statistics", 0, 1, f"block {index}")
-        collector = StatsCollector(modules, set(method.needs))
+        collector = StatsCollector(modules, needs)
         try:
             for batch in range(len(turn.calls)):
                 job.check()
@@ -289,10 +295,10 @@ def _prune_block(turn: Turn, layout, plan, skipped, job: Job, summarize: Summari
                 collector.stop_after_last()
         finally:
             stats = collector.close()
-        for layer_stats in stats.values():
-            layer_stats.disposable = True     # ours alone: a method may consume them (SparseGPT's H, in place)
+        for layer_stats in stats.values():    # ours alone: a method may consume them (SparseGPT's H, in place)
+            layer_stats.disposable = quantize_step.stats_disposable(plan)
         _return_freed_memory()
-    pruned, later = {}, {}
+    pruned, later, joint_records = {}, {}, {}
     for i, (name, (info, target)) in enumerate(targets.items()):
         job.check()
         job.phase("prune", i, len(targets), info.full_name)
@@ -301,8 +307,10 @@ def _prune_block(turn: Turn, layout, plan, skipped, job: Job, summarize: Summari
         original = weight_matrix(layer).detach()
         stored_dtype = turn.storage
         turn.source.remember(info.full_name, layer)
+        joint = quantize_step.joint_quantizer(plan, info.shape, stored_dtype, original.device)
         try:
-            outcome = method.prune(original.float(), stats.get(name), target, pattern, plan.method_options)
+            extra = {"quantizer": joint} if joint is not None else {}
+            outcome = method.prune(original.float(), stats.get(name), target, pattern, plan.method_options, **extra)
         except NotPositiveDefinite as exc:
             skipped.append(SkippedLayer(info.full_name, str(exc)))
             job.message(f"skipped {info.full_name}: {exc}", "warning")
@@ -310,7 +318,10 @@ def _prune_block(turn: Turn, layout, plan, skipped, job: Job, summarize: Summari
         if outcome.notes.get("dampening_retries"):
             job.message(f"{info.full_name}: Cholesky failed, succeeded with dampening "
                         f"{outcome.notes['dampening']:g}", "warning")
-        deferred = summarize is not None and turn.targets is not None     # summarized once recovery is done
+        if outcome.quantized is not None:
+            joint_records[name] = outcome.quantized
+        # summarized once recovery and quantization are done
+        deferred = summarize is not None and (turn.targets is not None or plan.quantizing)
         summary = summarize(original.float(), outcome) if summarize is not None and not deferred else None
         if deferred:
             later[name] = (original.float(), outcome)
@@ -319,37 +330,64 @@ def _prune_block(turn: Turn, layout, plan, skipped, job: Job, summarize: Summari
             set_weight_matrix(layer, outcome.weight.to(stored_dtype))
         assert follows_pattern(weight_matrix(layer), pattern), f"{info.full_name} breaks {pattern}"
         pruned[name] = (info, target, time.perf_counter() - tic, outcome.notes, summary)
-        stats.pop(name, None)
+        if not plan.quantizing:
+            stats.pop(name, None)
         del outcome
         _return_freed_memory()
     _return_freed_memory()
     curve = None
     if turn.targets is not None and pruned:
         curve = recover_block(turn, {n: modules[n] for n in pruned}, plan, pattern, sizes, job)
+    steps = _quantize_block(turn, modules, pruned, joint_records, stats, plan, skipped, job)
+    stats.clear()
     for name, (original, outcome) in later.items():      # the views show the weights as recovery left them
         outcome.weight = weight_matrix(modules[name]).detach().float()
         info, target, seconds, notes, _ = pruned[name]
         pruned[name] = (info, target, seconds, notes, summarize(original, outcome))
     later.clear()
     job.phase("propagate", 0, 1, f"block {index}")
-    errors = _propagate(turn, {n: modules[n] for n in pruned}, targets, plan.error_tokens, job)
-    results = []
+    errors = _propagate(turn, {n: modules[n] for n in pruned}, targets, plan.error_tokens, job,
+                        {n: step.before for n, step in steps.items() if step.before is not None})
+    results, records = [], {}
     for name, (info, target, seconds, notes, summary) in pruned.items():
         layer = modules[name]
-        error, tokens = errors.get(name, (None, 0))
+        error, tokens, quant_error = errors.get(name, (None, 0, None))
+        step = steps.get(name)
+        if step is not None:
+            records[info.full_name] = step.record
+            notes = {**notes, "quantization": step.record.describe()}
+            seconds += step.seconds
         result = LayerResult(info.full_name, index, info.shape, target, sparsity_of(weight_matrix(layer)), error, tokens,
-                             seconds, notes)
+                             seconds, notes, quant_error)
         results.append(result)
         job.emit(LayerPruned(index, result, summary))
-    return results, curve
+    return results, curve, records
+
+
+def _quantize_block(turn: Turn, modules, pruned: dict, joint_records: dict, stats, plan, skipped, job: Job) -> dict:
+    """Quantize the block's pruned layers (the joint pass has done so already); unquantizable ones are listed."""
+    if not plan.quantizing:
+        return {}
+    steps = {name: quantize_step.QuantizedStep(record, None, 0.0) for name, record in joint_records.items()}
+    todo = {name: modules[name] for name in pruned if name not in joint_records}
+    names = {name: pruned[name][0].full_name for name in pruned}
+    done, refused = quantize_step.quantize_layers(todo, names, stats, plan, turn.storage, job)
+    steps.update(done)
+    for name, reason in refused.items():
+        skipped.append(SkippedLayer(names[name], reason))
+        job.message(f"{names[name]}: {reason}", "warning")
+    return steps
 
 
 @torch.no_grad()
-def _propagate(turn: Turn, modules, targets, error_tokens, job: Job):
+def _propagate(turn: Turn, modules, targets, error_tokens, job: Job, before_quantization=None):
     """Run the pruned block over every batch into `turn.outputs`; measure each layer's relative output
     error ‖(W−Ŵ)X‖² / ‖WX‖² on the first tokens. WX is the pruned layer's own output plus (W−Ŵ)X,
-    so the probe costs one extra product per layer, not two."""
+    so the probe costs one extra product per layer, not two. For a quantized layer, also the error of
+    its quantization alone, against `before_quantization` (its weight as pruned)."""
+    before_quantization = before_quantization or {}
     sums = {name: [0.0, 0.0, 0] for name in modules}
+    quant_sums = {name: [0.0, 0.0] for name in before_quantization}
 
     def delta(name):    # made per call, not kept: a block's worth of float32 deltas is as big as the block
         layer = modules[name]
@@ -368,6 +406,10 @@ def _propagate(turn: Turn, modules, targets, error_tokens, job: Job):
                 y = y - module.bias.float()
             lost = x @ delta(name)
             sums[name] = [err + float(lost.pow(2).sum()), ref + float((y + lost).pow(2).sum()), seen + x.shape[0]]
+            if name in quant_sums:
+                rounded = x @ (before_quantization[name] - weight_matrix(module).float()).t()
+                q_err, q_ref = quant_sums[name]
+                quant_sums[name] = [q_err + float(rounded.pow(2).sum()), q_ref + float((y + rounded).pow(2).sum())]
         return hook
 
     handles = [layer.register_forward_hook(probe(name)) for name, layer in modules.items()]
@@ -378,4 +420,8 @@ def _propagate(turn: Turn, modules, targets, error_tokens, job: Job):
     finally:
         for handle in handles:
             handle.remove()
-    return {name: (err / ref if ref > 0 else 0.0, seen) for name, (err, ref, seen) in sums.items()}
+    def ratio(err, ref):
+        return err / ref if ref > 0 else 0.0
+
+    return {name: (ratio(err, ref), seen, ratio(*quant_sums[name]) if name in quant_sums else None)
+            for name, (err, ref, seen) in sums.items()}

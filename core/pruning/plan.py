@@ -9,6 +9,7 @@ from ..compute import resolve_device
 from ..errors import UserError
 from ..inputs import parse_globs, parse_overrides
 from ..patterns import UNSTRUCTURED, Pattern, parse_pattern
+from ..quantization.scheme import QuantScheme
 from ..recovery.options import RecoveryOptions
 from .allocation import Allocation, AllocationOptions
 from .methods import METHODS
@@ -27,6 +28,7 @@ class PrunePlan:
     alps: ALPSOptions = field(default_factory=ALPSOptions)
     allocation: AllocationOptions = field(default_factory=AllocationOptions)
     recovery: RecoveryOptions = field(default_factory=RecoveryOptions)
+    quantization: QuantScheme | None = None          # quantize every pruned (or, with method none, every) layer
     blocks: Allocation | None = None                 # the allocation chosen for this model, once computed
     device: str = "auto"
     batch_size: int = 0                              # windows per forward pass; 0 = about 4096 tokens
@@ -40,6 +42,8 @@ class PrunePlan:
         if any(isinstance(item, str) for item in overrides):
             overrides = parse_overrides(overrides)
         ignore = parse_globs(ignore) if isinstance(ignore, str) else tuple(ignore)
+        if method == "none" and sparsity is None:
+            sparsity = 0.0
         if sparsity is None:
             sparsity = pattern.sparsity if pattern.structured else 0.5
         plan = cls(method=method, sparsity=float(sparsity), pattern=pattern, overrides=tuple(overrides), ignore=ignore,
@@ -75,7 +79,30 @@ class PrunePlan:
             raise UserError("batch size and error tokens cannot be negative.")
         self.allocation.validate(self.sparsity, self.pattern)
         self.recovery.validate()
+        self._validate_quantization()
         resolve_device(self.device)
+
+    def _validate_quantization(self) -> None:
+        scheme = self.quantization
+        if self.method == "none" and (scheme is None or self.sparsity or self.pattern.structured):
+            raise UserError("method none prunes nothing: it is for quantizing alone (give a quantization, "
+                            "no sparsity and no pattern).")
+        if scheme is None:
+            return
+        scheme.validate()
+        if scheme.joint and self.method != "sparsegpt":
+            raise UserError(f"the joint pass quantizes inside SparseGPT's sweep, and this run prunes with "
+                            f"{self.method}: choose --method sparsegpt or quantize after pruning.")
+        if scheme.joint and self.recovery.mode != "none":
+            raise UserError("the joint pass quantizes while it prunes, so recovery would train weights off the "
+                            "grid: drop --joint or the recovery.")
+        if self.recovery.mode == "e2e":
+            raise UserError("end-to-end recovery runs after every block is quantized and would move weights off "
+                            "the grid: use blockwise recovery, which comes before each block's quantization.")
+
+    @property
+    def quantizing(self) -> bool:
+        return self.quantization is not None
 
     @property
     def method_options(self):
@@ -120,6 +147,7 @@ class PrunePlan:
             "alps": vars(self.alps) if self.method == "alps" else None,
             "allocation": self.blocks.describe() if self.blocks is not None else self.allocation.describe(),
             "recovery": self.recovery.describe(),
+            "quantization": self.quantization.describe() if self.quantization is not None else None,
             "batch_size": self.batch_size,
             "error_tokens": self.error_tokens,
         }

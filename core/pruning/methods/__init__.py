@@ -7,7 +7,7 @@ float32 tensor with the pruned entries set to zero. `METHODS` maps the user-faci
 from __future__ import annotations
 
 from ..stats import COLUMN_NORMS, HESSIAN
-from . import alps, magnitude, sparsegpt, wanda
+from . import alps, magnitude, none, sparsegpt, wanda
 from .base import Method, MethodResult
 
 __all__ = ["METHODS", "Method", "MethodResult"]
@@ -17,5 +17,6 @@ METHODS = {
     "magnitude": Method("magnitude", magnitude.prune, frozenset(), "|W|, per layer (or per N:M group)"),
     "wanda": Method("wanda", wanda.prune, frozenset({COLUMN_NORMS}), "|W|·‖X_j‖₂, per output row (or per N:M group)"),
     "sparsegpt": Method("sparsegpt", sparsegpt.prune, frozenset({HESSIAN}), "OBS with H = 2XᵀX, blocks of 128 columns"),
+    "none": Method("none", none.prune, frozenset(), "no pruning: every weight kept (quantize only)"),
     "alps": Method("alps", alps.prune, frozenset({HESSIAN}), "ADMM on ‖XŴ − XW‖² with an ℓ0 or N:M constraint, then a PCG refit"),
 }

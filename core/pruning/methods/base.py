@@ -7,6 +7,8 @@ from typing import Callable
 
 import torch
 
+from ...quantization.quantized import QuantizedLayer
+
 
 @dataclass
 class MethodResult:
@@ -14,6 +16,7 @@ class MethodResult:
     mask: torch.Tensor              # [out, in] bool, True = pruned
     score: torch.Tensor | None      # what the weights were ranked by, for display
     notes: dict = field(default_factory=dict)
+    quantized: QuantizedLayer | None = None   # the joint SparseGPT pass: the grid its kept weights were rounded to
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ...patterns import Pattern
+from ...quantization.gptq import ColumnQuantizer
 from ..masks import lowest_k
 from .base import MethodResult
 
@@ -61,9 +62,12 @@ def inverse_hessian_factor(hessian: torch.Tensor, dampening: float, max_dampenin
         damp, retries = damp * 10, retries + 1
 
 
-def prune(weight: torch.Tensor, stats, sparsity: float, pattern: Pattern, options: Options | None = None):
+def prune(weight: torch.Tensor, stats, sparsity: float, pattern: Pattern, options: Options | None = None, *,
+          quantizer: ColumnQuantizer | None = None):
+    """`quantizer`: also round every kept weight onto its grid inside the same sweep (the SparseGPT paper's
+    joint pruning and quantization); the result's `quantized` is then its record."""
     options = options or Options()
-    U, dead, damp_used, retries = _factor(stats, weight.device, options)
+    U, dead, damp_used, retries = factor(stats, weight.device, options.dampening, options.max_dampening)
     # The solve walks the columns one by one, so it works on Wᵀ: each column is a contiguous row.
     dense = weight.float()
     Wt = dense.t().clone(memory_format=torch.contiguous_format)   # never the caller's tensor
@@ -73,22 +77,25 @@ def prune(weight: torch.Tensor, stats, sparsity: float, pattern: Pattern, option
     columns = Wt.shape[0]
     for i1 in range(0, columns, options.blocksize):
         i2 = min(i1 + options.blocksize, columns)
-        block_error = _prune_block(Wt, U, pruned_t, i1, i2, sparsity, pattern, options.update_weights)
+        block_error = _prune_block(Wt, U, pruned_t, i1, i2, sparsity, pattern, options.update_weights, quantizer)
         if options.update_weights and i2 < columns:
             Wt[i2:] -= U[i1:i2, i2:].t() @ block_error
     notes = {"dampening": damp_used}
     if retries:
         notes["dampening_retries"] = retries
-    return MethodResult(Wt.t().contiguous(), pruned_t.t().contiguous(), score, notes)
+    record = quantizer.record(method="gptq", joint=True) if quantizer is not None else None
+    return MethodResult(Wt.t().contiguous(), pruned_t.t().contiguous(), score, notes, record)
 
 
-def _factor(stats, device, options: Options):
-    """U for this layer's Hessian, computed once per statistics object: layers fed the same input
-    (q/k/v, gate/up) share their statistics, hence their Hessian, hence U."""
-    key = ("sparsegpt", str(device), options.dampening, options.max_dampening)
+def factor(stats, device, dampening: float, max_dampening: float = 1.0, order: torch.Tensor | None = None):
+    """(U, dead inputs, dampening used, retries) for this layer's Hessian, computed once per statistics
+    object: layers fed the same input (q/k/v, gate/up) share their statistics, hence their Hessian, hence
+    U, and GPTQ after SparseGPT reuses SparseGPT's. `order`: U of H with its inputs in that order
+    (GPTQ's activation order); `dead` is always in the inputs' own order."""
+    key = ("U", str(device), dampening, max_dampening, None if order is None else tuple(order.tolist()))
     if key not in stats.cache:
         xtx = stats.xtx
-        if stats.disposable and xtx.device == device and xtx.dtype == torch.float32:
+        if stats.disposable and order is None and xtx.device == device and xtx.dtype == torch.float32:
             # The pipeline's own sums, needed by nobody once U exists: turned into H in their own storage
             # (the same values as `stats.hessian`), which saves an [in, in] matrix at the solve's peak
             # (127 MB for a 5632-wide down projection).
@@ -97,14 +104,19 @@ def _factor(stats, device, options: Options):
             H = stats.hessian.to(device, torch.float32)
             if H is stats.xtx:   # never alter the caller's statistics; `hessian` is normally a fresh tensor
                 H = H.clone()
+            if order is not None:
+                H = H[order][:, order]
         dead = H.diagonal() == 0
         H[dead, dead] = 1
-        U, damp_used, retries = inverse_hessian_factor(H, options.dampening, options.max_dampening)
+        U, damp_used, retries = inverse_hessian_factor(H, dampening, max_dampening)
+        if order is not None:           # callers zero dead inputs before permuting
+            dead = torch.zeros_like(dead).index_copy_(0, order.to(dead.device), dead)
         stats.cache[key] = (U, dead, damp_used, retries)
     return stats.cache[key]
 
 
-def _prune_block(Wt, U, pruned_t, i1, i2, sparsity, pattern: Pattern, update: bool) -> torch.Tensor:
+def _prune_block(Wt, U, pruned_t, i1, i2, sparsity, pattern: Pattern, update: bool,
+                 quantizer: ColumnQuantizer | None = None) -> torch.Tensor:
     """Prune columns i1:i2 (rows i1:i2 of Wt, and of the mask) in place; return the block's scaled errors
     [columns, rows] for the lazy update.
 
@@ -130,9 +142,30 @@ def _prune_block(Wt, U, pruned_t, i1, i2, sparsity, pattern: Pattern, update: bo
             drop = torch.topk(group, m - n, dim=0, largest=False).indices
             pruned[i:i + m].scatter_(0, drop, True)
             torch.div(pruned[i:i + m].to(W1.dtype), d[i:i + m], out=error_scale[i:i + m])
+        if quantizer is not None:
+            _quantize_column(Wt, W1, U1, pruned, errors, quantizer, i1, i)
+            continue
         error = torch.mul(W1[i], error_scale[i], out=errors[i])
         if update:
             W1[i:].addr_(U1[i, i:], error, alpha=-1)
     W1.masked_fill_(pruned, 0)
     pruned_t[i1:i2] = pruned
     return errors
+
+
+def _quantize_column(Wt, W1, U1, pruned, errors, quantizer: ColumnQuantizer, i1: int, i: int) -> None:
+    """The joint step for column i1+i: its kept weights rounded onto the grid, its pruned ones to 0, and the
+    difference spread over the later columns. A group's grid is fitted on its first column's arrival, over
+    the weights not known to be pruned by then (for N:M, later groups of M count as kept: their largest
+    weights, which set the range, are the ones that stay)."""
+    column = i1 + i
+    if column % quantizer.group_size == 0:
+        known = torch.zeros_like(Wt[column:column + quantizer.group_size], dtype=torch.bool)
+        inside = min(len(known), len(pruned) - i)
+        known[:inside] = pruned[i:i + inside]
+        quantizer.fit_group(Wt, column, known)
+    q = quantizer.column(W1[i], column, pruned[i])
+    torch.sub(W1[i], q, out=errors[i]).div_(U1[i, i])
+    W1[i:].addr_(U1[i, i:], errors[i], alpha=-1)
+    W1[i] = q
+
