@@ -1,12 +1,4 @@
-"""`compression-studio prune|eval|inspect`: the engine from the command line.
-
-The console script is `studio.launcher:main`, which opens the studio when no subcommand is given
-and hands everything else to `main` here, so the engine never imports the Qt layer.
-
-This module only parses arguments, draws progress and prints results; every step is an engine
-function the studio and the tests call too. A `UserError` ends the command with exit status 2
-and one line on stderr, before anything is written.
-"""
+"""The subcommands: arguments in, engine jobs called in order, one result dict out."""
 
 from __future__ import annotations
 
@@ -15,20 +7,25 @@ import json
 import sys
 from pathlib import Path
 
-from . import workbench as wb
-from .compute import KERNEL_DTYPES, MODEL_DTYPES
-from .errors import UserError
-from .events import BlockStarted, Event, Finished, Job, Message, Phase
-from .export.compact import unpack_folder
-from .inputs import parse_bytes, parse_tokens
-from .kernels.benchmark import BenchOptions
-from .pruning.methods import METHODS
-from .pruning.allocation import KINDS as ALLOCATIONS, AllocationOptions
-from .pruning.methods.alps import Options as ALPSOptions
-from .pruning.methods.sparsegpt import Options
-from .pruning.plan import PrunePlan
-from .recovery.options import MODES as RECOVERY_MODES, RecoveryOptions
-from .workbench import CalibrationRequest, EvaluationRequest, ExportRequest, OpenRequest
+from .. import workbench as wb
+from ..compute import KERNEL_DTYPES, MODEL_DTYPES
+from ..errors import UserError
+from ..events import Job
+from ..export.compact import unpack_folder
+from ..export.gguf import GGUF_TYPES
+from ..export.writers import FORMATS
+from ..inputs import parse_bytes, parse_tokens
+from ..kernels.benchmark import BenchOptions
+from ..pruning.methods import METHODS
+from ..pruning.allocation import KINDS as ALLOCATIONS, AllocationOptions
+from ..pruning.methods.alps import Options as ALPSOptions
+from ..pruning.methods.sparsegpt import Options
+from ..pruning.plan import PrunePlan
+from ..quantization.scheme import METHODS as QUANT_METHODS, QuantScheme
+from ..recovery.options import MODES as RECOVERY_MODES, RecoveryOptions
+from ..workbench import CalibrationRequest, EvaluationRequest, ExportRequest, OpenRequest
+from .output import print_human
+from .progress import Progress
 
 EXIT_USER_ERROR = 2
 
@@ -38,53 +35,8 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
-class Progress:
-    """Draws the engine's events as tqdm bars on stderr: one bar per phase, and the steps inside a
-    decoder block shown on the block bar rather than as bars of their own."""
-
-    INSIDE_BLOCK = {"gather statistics", "prune", "propagate", "dense targets"}
-
-    def __init__(self, enabled: bool = True):
-        from tqdm import tqdm
-
-        self._tqdm, self._bars, self.enabled = tqdm, {}, enabled
-
-    def __call__(self, event: Event) -> None:
-        if not self.enabled:
-            return
-        if isinstance(event, BlockStarted):
-            self._update("blocks", event.index, event.total, "")
-        elif isinstance(event, Phase) and event.name in self.INSIDE_BLOCK:
-            if "blocks" in self._bars:
-                self._bars["blocks"].set_postfix_str(f"{event.name} {event.detail}"[-48:])
-        elif isinstance(event, Phase) and event.total:
-            self._update(event.name, event.done, event.total, event.detail)
-        elif isinstance(event, Finished):
-            self.close()
-        elif isinstance(event, Message):
-            self._tqdm.write(f"{event.level}: {event.text}", file=sys.stderr)
-
-    def _update(self, name: str, done: int, total: int, detail: str) -> None:
-        bar = self._bars.get(name)
-        if bar is None or bar.total != total or done < bar.n:
-            if bar is not None:
-                bar.close()
-            bar = self._bars[name] = self._tqdm(total=total, desc=name, file=sys.stderr, leave=False,
-                                                dynamic_ncols=True)
-        bar.set_postfix_str(detail[-40:], refresh=False)
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-            del self._bars[name]
-
-    def close(self) -> None:
-        for bar in self._bars.values():
-            bar.close()
-        self._bars.clear()
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="compression-studio", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="compression-studio", description="Prune and quantize language models, and export them.")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     prune = sub.add_parser("prune", help="prune a model and export it")
@@ -133,9 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
                             "(for models larger than memory; --eval is not available: run `eval` on the output)")
     prune.add_argument("--memory-budget", type=parse_bytes, default=None, metavar="SIZE",
                        help="spill calibration activations to disk beyond this size, e.g. 4GB")
-    prune.add_argument("--compact", action="store_true",
-                       help="with --pattern 2:4: store kept values + 2-bit positions (56%% of fp16 bytes)")
+    prune.add_argument("--compact", action="store_true", help="the same as --format compact")
+    _quantize_args(prune, default=None)
     prune.set_defaults(run=run_prune)
+
+    quantize = sub.add_parser("quantize", help="quantize a dense model (GPTQ or round-to-nearest) and export it")
+    _model_args(quantize)
+    for action in prune._actions:      # the run options prune and quantize share, by the same names
+        if action.dest in QUANTIZE_SHARES:
+            quantize._add_action(action)
+    _quantize_args(quantize, default="int4")
+    quantize.set_defaults(run=run_prune, **{a.dest: a.default for a in prune._actions
+                                            if a.dest not in QUANTIZE_SHARES and a.dest != "help"},
+                          method="none")
 
     evaluate = sub.add_parser("eval", help="perplexity of a model on a text file")
     _model_args(evaluate)
@@ -173,6 +135,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+QUANTIZE_SHARES = {"calib", "text_field", "nsamples", "seqlen", "seed", "ignore", "dampening", "batch_size", "eval",
+                   "eval_windows", "out", "overwrite", "memory_budget", "model", "device", "dtype",
+                   "trust_remote_code", "json", "quantize", "group_size", "symmetric", "act_order",
+                   "quant_method", "joint", "format", "gguf_type"}
+
+
+def _quantize_args(parser: argparse.ArgumentParser, default: str | None) -> None:
+    parser.add_argument("--quantize", choices=["int4", "int8"], default=default,
+                        help="quantize the kept weights (after pruning; every pruned zero stays zero)")
+    parser.add_argument("--group-size", type=int, default=None,
+                        help="inputs per scale (default 128, or 64 or 32 where 128 does not divide a layer's "
+                             "inputs; 0: one scale per output channel)")
+    symmetry = parser.add_mutually_exclusive_group()
+    symmetry.add_argument("--symmetric", dest="symmetric", action="store_true", default=True,
+                          help="zero point 0 (the default)")
+    symmetry.add_argument("--asymmetric", dest="symmetric", action="store_false", help="an integer zero point per group")
+    parser.add_argument("--act-order", action="store_true", help="GPTQ: columns by decreasing Hessian diagonal")
+    parser.add_argument("--quant-method", default="gptq", choices=list(QUANT_METHODS),
+                        help="gptq (error-compensating, the default) or rtn (round to nearest)")
+    parser.add_argument("--joint", action="store_true",
+                        help="with --method sparsegpt: quantize inside SparseGPT's own sweep (one pass)")
+    parser.add_argument("--format", default="auto", choices=list(FORMATS),
+                        help="export format (default: compressed-tensors when quantized, else hf)")
+    parser.add_argument("--gguf-type", default=None, choices=list(GGUF_TYPES),
+                        help="with --format gguf (default: q8_0 for int8, q4_0 for int4, f16 unquantized)")
+
+
+def _quant_scheme(args) -> QuantScheme | None:
+    if args.quantize is None:
+        if args.act_order or args.joint or args.group_size is not None:
+            raise UserError("--group-size, --act-order and --joint set up quantization: add --quantize int4 or int8.")
+        return None
+    return QuantScheme(bits=int(args.quantize[3:]), symmetric=args.symmetric, group_size=args.group_size,
+                       act_order=args.act_order, method=args.quant_method, dampening=args.dampening,
+                       joint=args.joint)
+
+
 def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a model folder, a .gguf file, a cached hub id, or 'demo'")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -199,14 +198,18 @@ def run_prune(args, job: Job) -> dict:
         allocation=AllocationOptions(args.allocation, args.owl_lambda, args.owl_threshold),
         recovery=RecoveryOptions(args.recover, epochs=args.recover_epochs, steps=args.recover_steps,
                                  learning_rate=args.recover_lr, batch_windows=args.recover_batch),
+        quantization=_quant_scheme(args),
     )
-    export = ExportRequest(args.out, args.overwrite, "compact" if args.compact else "hf")
-    export.check(plan.pattern, streamed=args.stream)
+    if args.compact and args.format not in ("auto", "compact"):
+        raise UserError(f"--compact and --format {args.format} ask for two formats: keep one.")
+    export = ExportRequest(args.out, args.overwrite, "compact" if args.compact else args.format, args.gguf_type)
+    export.check(plan, streamed=args.stream)
     _check_files(args.calib, "calibration")
     if args.eval:
         _check_files([args.eval], "evaluation")
     bench = wb.Workbench(remember=False)
     wb.open_model(bench, OpenRequest(args.model, args.dtype, args.trust_remote_code, stream=args.stream), job)
+    wb.check_export(bench, export, plan)          # the checks that need the model (GGUF's architectures)
     wb.calibrate(bench, CalibrationRequest(tuple(args.calib), args.nsamples, args.seqlen, args.seed, args.text_field),
                  job)
     evaluation = EvaluationRequest(args.eval, args.seqlen, args.eval_windows, args.text_field) if args.eval else None
@@ -216,10 +219,11 @@ def run_prune(args, job: Job) -> dict:
     if evaluation:
         wb.evaluate(bench, evaluation, job)
     exported = None if record.exported else wb.export_run(bench, export, job)
-    return _prune_summary(record, record.exported or exported.path, exported.compact if exported else None)
+    return _prune_summary(record, record.exported or exported.path, exported)
 
 
-def _prune_summary(record, out, compact=None) -> dict:
+def _prune_summary(record, out, exported=None) -> dict:
+    compact = exported.compact if exported else None
     result = record.result
     return {
         "method": record.method, "pattern": record.pattern, "target_sparsity": record.target_sparsity,
@@ -232,7 +236,18 @@ def _prune_summary(record, out, compact=None) -> dict:
         "allocation": record.plan.blocks.describe() if record.plan.blocks is not None else None,
         "recovery": {**record.plan.recovery.describe(), "seconds": sum(c.seconds for c in result.recovery),
                      "blocks": [c.describe() for c in result.recovery]} if result.recovery else None,
+        "quantization": _quant_summary(record) if record.plan.quantizing else None,
+        "export": {"format": exported.format, "bytes": exported.weight_bytes,
+                   "description": exported.description} if exported else None,
     }
+
+
+def _quant_summary(record) -> dict:
+    layers = [l for l in record.result.layers if l.name in record.result.quantized]
+    errors = [l.quant_error for l in layers if l.quant_error is not None]
+    groups = sorted({record.result.quantized[l.name].group_size for l in layers})
+    return {**record.plan.quantization.describe(), "layers": len(layers), "group_sizes": groups,
+            "mean_quant_error": sum(errors) / len(errors) if errors else None}
 
 
 def run_eval(args, job: Job) -> dict:
@@ -289,50 +304,6 @@ def run_unpack(args, job: Job) -> dict:
     return {"folder": args.folder, "out": str(out)}
 
 
-def _print_human(command: str, result: dict) -> None:
-    if command == "inspect":
-        print(f"{result['model']}: {result['family']} ({result['model_class']}), {len(result['blocks'])} blocks "
-              f"at {result['blocks_path']}, context {result['context_length']}")
-        print(f"prunable parameters {result['prunable_parameters']:,} of {result['total_parameters']:,}")
-        for block in result["blocks"]:
-            print(f"  {block['name']}")
-            for layer in block["layers"]:
-                print(f"    {layer['name']:<28} {layer['shape'][0]:>6} x {layer['shape'][1]:<6} {layer['parameters']:>12,}")
-    elif command == "bench":
-        print(result["markdown"], end="")
-    elif command == "unpack":
-        print(f"dense folder written to {result['out']}")
-    elif command == "eval":
-        print(f"perplexity {result['ppl']:.3f} over {result['windows']} windows of {result['seqlen']} tokens")
-    else:
-        print(f"{result['method']} {result['pattern']}: {result['sparsity']:.2%} of {result['layers']} layers "
-              f"pruned in {result['seconds']:.1f} s, {len(result['skipped'])} skipped")
-        if result.get("allocation"):
-            _print_allocation(result["allocation"])
-        if result.get("recovery"):
-            r = result["recovery"]
-            what = "KL to the dense model" if r["mode"] == "e2e" else "relative output error, mean over blocks"
-            before = sum(b["before"] for b in r["blocks"]) / len(r["blocks"])
-            after = sum(b["after"] for b in r["blocks"]) / len(r["blocks"])
-            print(f"recovery ({r['mode']}): {what} {before:.4g} -> {after:.4g} in {r['seconds']:.1f} s")
-        if result["ppl"] is not None:
-            print(f"perplexity: dense {result['ppl_dense']:.3f} -> pruned {result['ppl']:.3f}")
-        if result.get("compact"):
-            c = result["compact"]
-            print(f"compact 2:4: {c['layers']} layers, {c['bytes'] / 2**20:.1f} MiB "
-                  f"({c['ratio']:.0%} of the dense export's {c['dense_bytes'] / 2**20:.1f} MiB)")
-        print(f"written to {result['out']}")
-
-
-def _print_allocation(allocation: dict) -> None:
-    patterns = allocation.get("block_patterns")
-    print(f"allocation {allocation['kind']} (λ {allocation['owl_lambda']:g}, outliers above "
-          f"{allocation['owl_threshold']:g}× the block mean):")
-    print("  block  outliers  sparsity" + ("  pattern" if patterns else ""))
-    for i, (ratio, sparsity) in enumerate(zip(allocation["outlier_ratios"], allocation["block_sparsity"])):
-        print(f"  {i:>5}  {ratio:>8.2%}  {sparsity:>8.1%}" + (f"  {patterns[i]:>7}" if patterns else ""))
-
-
 def _quiet_transformers() -> None:
     import transformers
 
@@ -346,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
-            raise UserError("choose a subcommand: prune, eval, inspect, bench or unpack (compression-studio alone opens the studio)")
+            raise UserError("choose a subcommand: prune, quantize, eval, inspect, bench or unpack "
+                            "(compression-studio alone opens the studio)")
         _quiet_transformers()
         progress = Progress(enabled=True)
         result = args.run(args, Job(progress))
@@ -362,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, default=str))
     else:
-        _print_human(args.command, result)
+        print_human(args.command, result)
     return 0
 
 
