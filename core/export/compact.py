@@ -1,5 +1,10 @@
 """Compact 2:4 folders: an exported dense folder rewritten with every 2:4 weight in the compact layout
-(`core.formats.compact24`), and the way back to an ordinary folder that plain `transformers` loads."""
+(`core.formats.compact24`), and the way back to an ordinary folder that plain `transformers` loads.
+
+Given the run's quantization records (full module name -> `QuantizedLayer`), a quantized weight is
+stored as its integer codes instead: only the kept ones (beside the 2:4 positions) when it is 2:4, every
+one otherwise, plus its group scales and zero points. Codes are only stored when they give the exported
+weight back bit for bit; a record that does not is left as float and named in the summary."""
 
 from __future__ import annotations
 
@@ -15,8 +20,8 @@ from safetensors.torch import save_file
 
 from ..errors import UserError
 from ..events import Job, as_job
-from ..formats.compact24 import (FORMAT, POSITIONS, SUFFIX, VALUES, VERSION, is_compact, pack, packable,
-                                 read_compact_file, weight_files)
+from ..formats.compact24 import (FORMAT, POSITIONS, SUFFIX, VALUES, VERSION, decode_quantized, encode_quantized,
+                                 is_compact, pack, packable, read_compact_file, weight_files)
 from ..formats.names import COMPACT_INDEX, INDEX, REPORT
 from .folder import atomic_folder, check_output, write_export
 
@@ -27,10 +32,19 @@ class CompactSummary:
     layers: int                 # weights stored compactly
     dense_bytes: int            # bytes of every weight file in the dense folder
     compact_bytes: int          # bytes of every weight file in the compact folder
+    quantized_layers: int = 0   # weights stored as integer codes (2:4 or not)
+    quantized_weights: int = 0  # entries of those weights (pruned ones included)
+    quantized_bytes: int = 0    # bytes of their stored parts: codes, positions, scales, zero points
+    kept_float: tuple[str, ...] = ()   # records whose weight stayed float (absent, e.g. tied, or codes not exact)
 
     @property
     def ratio(self) -> float:
         return self.compact_bytes / self.dense_bytes if self.dense_bytes else 0.0
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Stored bits per weight of the quantized layers (0 when there are none)."""
+        return 8 * self.quantized_bytes / self.quantized_weights if self.quantized_weights else 0.0
 
 
 def _candidates(folder: Path) -> set[str] | None:
@@ -43,23 +57,35 @@ def _candidates(folder: Path) -> set[str] | None:
 
 
 def write_compact(dense_folder: str | Path, out: str | Path, *, overwrite: bool = False,
-                  job: Job | None = None) -> CompactSummary:
-    """Rewrite an exported dense folder with every 2:4 weight in compact form, atomically."""
+                  job: Job | None = None, quantized: dict | None = None) -> CompactSummary:
+    """Rewrite an exported dense folder with every 2:4 weight in compact form, atomically; the weights of
+    `quantized` (full module name -> `QuantizedLayer`) as their integer codes."""
     dense_folder, job = Path(dense_folder), as_job(job)
     files = weight_files(dense_folder, compact=False)
     if not (dense_folder / "config.json").is_file() or not files:
         raise UserError(f"{dense_folder} is not an exported model folder (config.json and *.safetensors needed).")
-    wanted, layers, dense_bytes, compact_bytes_total = _candidates(dense_folder), {}, 0, 0
+    records = {f"{name}.weight": record for name, record in (quantized or {}).items()}
+    wanted, totals, used = _candidates(dense_folder), CompactSummary(Path(out), 0, 0, 0), set()
     out = Path(out).expanduser().resolve()
     with atomic_folder(out, overwrite) as tmp:
         _copy_others(dense_folder, tmp, skip={f.name for f in files} | {INDEX, REPORT})
         for i, file in enumerate(files):
             job.phase("compact", i, len(files), file.name)
-            tensors = {}
+            tensors, layers, coded = {}, {}, {}
             with safe_open(str(file), "pt") as reader:
                 for name in reader.keys():
                     job.check()
                     tensor = reader.get_tensor(name)
+                    stored = _as_codes(tensor, records[name]) if name in records else None
+                    if stored is not None:
+                        parts, coded[name] = stored
+                        tensors.update({name + suffix: part for suffix, part in parts.items()})
+                        used.add(name)
+                        totals.layers += coded[name]["sparse"]
+                        totals.quantized_layers += 1
+                        totals.quantized_weights += tensor.numel()
+                        totals.quantized_bytes += sum(p.numel() * p.element_size() for p in parts.values())
+                        continue
                     layout = _compact_layout(name, tensor, wanted)
                     if layout is None:
                         tensors[name] = tensor
@@ -67,17 +93,48 @@ def write_compact(dense_folder: str | Path, out: str | Path, *, overwrite: bool 
                     matrix = tensor.t() if layout else tensor
                     tensors[name + VALUES], tensors[name + POSITIONS] = pack(matrix)
                     layers[name] = {"shape": list(tensor.shape), "transposed": layout}
+                    totals.layers += 1
             target = tmp / (file.name[: -len(".safetensors")] + SUFFIX)
             save_file(tensors, str(target), metadata={"format": FORMAT, "version": str(VERSION),
-                                                      "layers": json.dumps({k: v for k, v in layers.items()
-                                                                            if k + VALUES in tensors})})
-            dense_bytes += file.stat().st_size
-            compact_bytes_total += target.stat().st_size
+                                                      "layers": json.dumps(layers), "quantized": json.dumps(coded)})
+            totals.dense_bytes += file.stat().st_size
+            totals.compact_bytes += target.stat().st_size
         _rename_index(dense_folder / INDEX, tmp / COMPACT_INDEX, to_compact=True)
-        summary = CompactSummary(out, len(layers), dense_bytes, compact_bytes_total)
-        _write_report(dense_folder, tmp, summary)
+        totals.out, totals.kept_float = out, tuple(sorted(n[: -len(".weight")] for n in set(records) - used))
+        _write_report(dense_folder, tmp, totals)
     job.phase("compact", len(files), len(files), str(out))
-    return summary
+    return totals
+
+
+def _as_codes(tensor: torch.Tensor, record) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """The stored parts and metadata entry of a quantized weight, or None when its codes do not give it back exactly.
+
+    The record is [out, in]; a GPT-2 Conv1D stores [in, out], so both readings are tried (a square
+    weight too): the one whose codes reproduce the stored bits is the one kept.
+    """
+    if not tensor.is_floating_point() or tensor.dim() != 2:
+        return None
+    for transposed in (False, True):
+        matrix = tensor.t() if transposed else tensor
+        if matrix.shape[0] != record.scale.shape[0] or record.scale.shape[1] != -(-matrix.shape[1] // record.group_size):
+            continue
+        try:
+            parts, info = encode_quantized(matrix, record.codes(matrix), record.bits, record.group_size,
+                                           record.scale, None if record.symmetric else record.zero)
+            info.update(shape=list(tensor.shape), transposed=transposed)
+            back = decode_quantized(parts, info)
+        except ValueError:
+            continue
+        if _same_bits(back, matrix):
+            return parts, info
+    return None
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    as_int = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    return torch.equal(a.contiguous().view(as_int), b.contiguous().view(as_int))
 
 
 def _compact_layout(name: str, tensor: torch.Tensor, wanted: set[str] | None) -> bool | None:
@@ -110,11 +167,20 @@ def _rename_index(src: Path, dst: Path, to_compact: bool) -> None:
 def _write_report(src: Path, dst: Path, summary: CompactSummary) -> None:
     report_file = src / REPORT
     report = json.loads(report_file.read_text()) if report_file.is_file() else {}
+    note = "2:4 weights stored as kept values [out, in/2] plus 2-bit positions, 4 per byte"
+    if summary.quantized_layers:
+        note += (f"; {summary.quantized_layers} quantized weights stored as integer codes (int4 two per byte, "
+                 "int8 one per byte; of a 2:4 weight only its kept codes [out, in/2] beside the same positions) "
+                 f"plus group scales and, when asymmetric, int8 zero points: {summary.bits_per_weight:.3f} bits "
+                 "per weight, dequantized to the stored dtype bit for bit on unpacking")
     report["storage"] = {
         "format": "compact-2:4", "version": VERSION, "compact_layers": summary.layers,
-        "bytes": {"dense": summary.dense_bytes, "compact": summary.compact_bytes},
-        "note": ("2:4 weights stored as kept values [out, in/2] plus 2-bit positions, 4 per byte; "
-                 "restore the ordinary folder with `compression-studio unpack DIR --out DIR2`"),
+        "quantized_layers": summary.quantized_layers,
+        "bytes": {"dense": summary.dense_bytes, "compact": summary.compact_bytes,
+                  "quantized_layers": summary.quantized_bytes},
+        "quantized_bits_per_weight": round(summary.bits_per_weight, 4),
+        "quantized_kept_float": list(summary.kept_float),
+        "note": note + "; restore the ordinary folder with `compression-studio unpack DIR --out DIR2`",
         "dense_storage": report.get("storage"),
     }
     (dst / REPORT).write_text(json.dumps(report, indent=2) + "\n")
@@ -152,13 +218,14 @@ def _restore_report(src: Path, dst: Path) -> None:
 
 
 def export_compact(loaded, out: str | Path, report: dict, calib=None, *, overwrite: bool = False,
-                   job: Job | None = None) -> CompactSummary:
-    """The ordinary export (`core.export.folder.write_export`) written to a scratch folder, then compacted into `out`."""
+                   job: Job | None = None, quantized: dict | None = None) -> CompactSummary:
+    """The ordinary export (`core.export.folder.write_export`) written to a scratch folder, then compacted into `out`
+    (`quantized`: the run's records, full module name -> `QuantizedLayer`, stored as integer codes)."""
     out = check_output(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.dense-", dir=out.parent))
     try:
         dense = write_export(loaded, scratch / "dense", report, calib, job=job)
-        return write_compact(dense, out, overwrite=overwrite, job=job)
+        return write_compact(dense, out, overwrite=overwrite, job=job, quantized=quantized)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
