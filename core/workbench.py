@@ -28,23 +28,19 @@ from .data.calibration import CalibrationSet, default_seqlen, load_calibration
 from .errors import UserError
 from .events import Event, Job, LayerPruned, as_job
 from .evaluation.perplexity import Perplexity, evaluation_windows, perplexity
-from .export.compact import CompactSummary, export_compact
-from .export.folder import check_output, write_export
+from .export import writers
 from .export.report import build_report
 from .export.streaming import prune_streaming
-from .formats.compact24 import weight_files
+from .export.writers import Exported, ExportRequest
 from .kernels.benchmark import BenchOptions, BenchReport, run_benchmark
 from .models.demo import ensure_demo
 from .models.loaded import LoadedModel
 from .models.open import open_model as open_any
 from .models.streaming import open_streaming
-from .patterns import is_two_four
 from .pruning.pipeline import PruneResult, prune as prune_in_memory
 from .pruning.plan import PrunePlan
 from .pruning.snapshot import WeightSnapshot
 from .recovery.e2e import recover_pruned_model
-
-EXPORT_FORMATS = ("hf", "compact")
 
 
 # ---------------------------------------------------------------- requests
@@ -73,26 +69,6 @@ class EvaluationRequest:
     seqlen: int | None = None       # None: min(2048, the model's context)
     windows: int | None = None      # at most this many windows; None: every window of the text
     text_field: str = "text"
-
-
-@dataclass(frozen=True)
-class ExportRequest:
-    out: str
-    overwrite: bool = False
-    format: str = "hf"              # "hf": an ordinary folder; "compact": 2:4 values + positions
-
-    def check(self, pattern, streamed: bool = False) -> Path:
-        """Refuse, before any work, what this export cannot do for a run of `pattern` (written while a
-        streamed model is pruned, if `streamed`); the target folder."""
-        if self.format not in EXPORT_FORMATS:
-            raise UserError(f"unknown export format {self.format!r}: choose one of {', '.join(EXPORT_FORMATS)}.")
-        if self.format == "compact" and streamed:
-            raise UserError("the compact format is not available for streamed runs yet (--stream): prune with "
-                            "streaming, then compact the folder in memory, or prune in memory.")
-        if self.format == "compact" and not is_two_four(pattern):
-            raise UserError(f"the compact format stores 2:4 weights only and this run is {pattern}: "
-                            "prune with pattern 2:4 (--pattern 2:4), or export in the ordinary format.")
-        return check_output(self.out, self.overwrite)
 
 
 # ---------------------------------------------------------------- results
@@ -130,13 +106,6 @@ class Evaluation:
     dense: Perplexity
     pruned: Perplexity | None
     record: RunRecord | None        # the run measured, if one was applied
-
-
-@dataclass(frozen=True)
-class Exported:
-    path: Path
-    description: str                # a sentence on what was written and its size
-    compact: CompactSummary | None = None
 
 
 # ---------------------------------------------------------------- state
@@ -229,12 +198,15 @@ def prune(bench: Workbench, plan: PrunePlan, job: Job | None = None, *, memory_b
     if bench.calib is None:
         raise UserError("Load calibration text first: a run needs calibration windows.")
     if export is not None:
-        export.check(plan.pattern, streamed=bench.streamed)
+        export.check(plan, streamed=bench.streamed, loaded=loaded)
     number = len(bench.runs) + 1
     views: dict[str, LayerView] = {}
     watched = job.with_sink(_layer_views(job, plan, views))
     summarize = summaries.summarize if bench.remember else None
     if bench.streamed:
+        if plan.quantizing:
+            raise UserError("quantization is not available for streamed runs yet (--stream): it needs the "
+                            "quantized model's scales for the export. Prune and quantize in memory.")
         if plan.recovery.mode == "e2e":
             raise UserError("end-to-end recovery needs the whole model in memory twice, which streaming avoids: "
                             "use blockwise recovery (--recover blockwise) with a streamed model.")
@@ -361,38 +333,31 @@ def report_of(bench: Workbench, record: RunRecord, total: float | None = None) -
 
 
 def can_export(bench: Workbench, format: str) -> bool:
-    """Whether the applied run can be written in `format` (the compact format takes 2:4 runs only)."""
-    return bench.applied is not None and (format != "compact" or is_two_four(bench.applied.plan.served_pattern))
+    """Whether the applied run can be written in `format`."""
+    if bench.applied is None:
+        return False
+    try:
+        ExportRequest("", format=format).check_format(bench.applied.plan, loaded=bench.loaded)
+    except UserError:
+        return False
+    return True
+
+
+def check_export(bench: Workbench, request: ExportRequest, plan: PrunePlan) -> Path:
+    """Refuse, before any work, an export the plan's run could not be written in; the target folder."""
+    return request.check(plan, streamed=bench.streamed, loaded=bench.loaded)
 
 
 def export_run(bench: Workbench, request: ExportRequest, job: Job | None = None) -> Exported:
-    """Write the applied run's model with its report and calibration windows, atomically."""
+    """Write the applied run's model in the requested format with its report and calibration windows, atomically."""
     job = as_job(job)
     loaded = bench.need_model()
     record = bench.applied
     if record is None:
         raise UserError("Nothing to export yet: run a pruning method first.")
-    request.check(record.plan.served_pattern)
     if record.exported is not None:
         raise UserError(f"this run was written to {record.exported} while it ran: copy that folder instead.")
-    report = report_of(bench, record)
-    if request.format == "compact":
-        summary = export_compact(loaded, request.out, report, bench.calib, overwrite=request.overwrite, job=job)
-        return Exported(summary.out, describe_compact(summary), summary)
-    folder = write_export(loaded, request.out, report, bench.calib, overwrite=request.overwrite, job=job)
-    return Exported(folder, describe_dense(folder))
-
-
-def describe_dense(folder: Path) -> str:
-    weights = sum(f.stat().st_size for f in weight_files(Path(folder), compact=False))
-    return (f"weights {weights / 2**20:,.1f} MiB, the same size as the dense model: "
-            "pruned weights are stored as zeros")
-
-
-def describe_compact(summary: CompactSummary) -> str:
-    return (f"compact 2:4: {summary.layers} layers packed, weights {summary.compact_bytes / 2**20:,.1f} MiB, "
-            f"{summary.ratio:.0%} of the dense export's {summary.dense_bytes / 2**20:,.1f} MiB; "
-            "load it with compression-studio or unpack it first")
+    return writers.write(loaded, request, report_of(bench, record), bench.calib, record.result, job)
 
 
 def benchmark(bench: Workbench, options: BenchOptions, job: Job | None = None) -> BenchReport:

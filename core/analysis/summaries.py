@@ -31,6 +31,7 @@ class LayerSummary:
     heatmap: np.ndarray            # [rows', cols'] fraction of weights kept per cell, float32
     heatmap_cell: tuple[int, int]  # weights per heatmap cell along (rows, cols)
     score_factors: tuple[int, np.ndarray] | None = None  # score = |W|**power * factor[column], when it has that form
+    codes: Histogram | None = None  # a quantized layer's integer codes of its kept weights, one bin per level
 
 
 def histogram(values: torch.Tensor, bins: int = HISTOGRAM_BINS, lo: float | None = None, hi: float | None = None) -> Histogram:
@@ -68,7 +69,18 @@ def summarize(before: torch.Tensor, outcome) -> LayerSummary:
     heatmap, cell = kept_heatmap(outcome.mask)
     factors = score_factors(before, outcome.score) if outcome.score is not None else None
     return LayerSummary(histogram(before, lo=lo, hi=hi), histogram(after, lo=lo, hi=hi), scores, threshold, heatmap, cell,
-                        factors)
+                        factors, code_histogram(outcome))
+
+
+def code_histogram(outcome) -> Histogram | None:
+    """One bin per level of a quantized layer's grid, over its kept weights (a pruned zero is no level)."""
+    record = getattr(outcome, "quantized", None)
+    if record is None:
+        return None
+    kept = outcome.weight != 0
+    codes = record.codes(outcome.weight)[kept.cpu()]
+    grid = record.grid
+    return histogram(codes.float(), bins=grid.qmax - grid.qmin + 1, lo=grid.qmin - 0.5, hi=grid.qmax + 0.5)
 
 
 def score_factors(weight: torch.Tensor, score: torch.Tensor) -> tuple[int, np.ndarray] | None:

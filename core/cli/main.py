@@ -91,13 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     quantize = sub.add_parser("quantize", help="quantize a dense model (GPTQ or round-to-nearest) and export it")
     _model_args(quantize)
-    for action in prune._actions:      # the run options prune and quantize share, by the same names
-        if action.dest in QUANTIZE_SHARES:
-            quantize._add_action(action)
     _quantize_args(quantize, default="int4")
-    quantize.set_defaults(run=run_prune, **{a.dest: a.default for a in prune._actions
-                                            if a.dest not in QUANTIZE_SHARES and a.dest != "help"},
-                          method="none")
+    own = {a.dest for a in quantize._actions}
+    for action in prune._actions:      # the run options prune and quantize share, by the same names
+        if action.dest in QUANTIZE_SHARES and action.dest not in own:
+            quantize._add_action(action)
+    pruning_only = {a.dest: a.default for a in prune._actions if a.dest not in QUANTIZE_SHARES | {"help"}}
+    quantize.set_defaults(run=run_prune, **{**pruning_only, "method": "none"})
 
     evaluate = sub.add_parser("eval", help="perplexity of a model on a text file")
     _model_args(evaluate)

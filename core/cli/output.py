@@ -18,9 +18,17 @@ def print_human(command: str, result: dict) -> None:
         print(f"dense folder written to {result['out']}")
     elif command == "eval":
         print(f"perplexity {result['ppl']:.3f} over {result['windows']} windows of {result['seqlen']} tokens")
+    elif result["method"] == "none":
+        print(f"quantized in {result['seconds']:.1f} s, {len(result['skipped'])} layers left as they were")
+        _print_run(result)
     else:
         print(f"{result['method']} {result['pattern']}: {result['sparsity']:.2%} of {result['layers']} layers "
               f"pruned in {result['seconds']:.1f} s, {len(result['skipped'])} skipped")
+        _print_run(result)
+
+
+def _print_run(result: dict) -> None:
+    if True:
         if result.get("allocation"):
             print_allocation(result["allocation"])
         if result.get("recovery"):

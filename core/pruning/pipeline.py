@@ -342,6 +342,8 @@ def _prune_block(turn: Turn, layout, plan, skipped, job: Job, summarize: Summari
     stats.clear()
     for name, (original, outcome) in later.items():      # the views show the weights as recovery left them
         outcome.weight = weight_matrix(modules[name]).detach().float()
+        if name in steps:
+            outcome.quantized = steps[name].record
         info, target, seconds, notes, _ = pruned[name]
         pruned[name] = (info, target, seconds, notes, summarize(original, outcome))
     later.clear()
