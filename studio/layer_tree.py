@@ -1,5 +1,5 @@
 """Blocks → layers with shape and parameters and, after a run, target/achieved sparsity and output
-error; a filter box hides the layers whose name does not contain the text typed."""
+error, and after a quantized run the share of that error the quantization added; a filter box hides the layers whose name does not contain the text typed."""
 
 from __future__ import annotations
 
@@ -8,11 +8,18 @@ from PySide6.QtWidgets import QLineEdit, QTreeWidget, QTreeWidgetItem, QVBoxLayo
 
 from core.pruning.plan import PrunePlan
 
-COLUMNS = ["Layer", "Shape", "Params", "Sparsity", "Error"]
-PARAMS, SPARSITY, ERROR = 2, 3, 4
+COLUMNS = ["Layer", "Shape", "Params", "Sparsity", "Error", "Quant error"]
+PARAMS, SPARSITY, ERROR, QUANT_ERROR = 2, 3, 4, 5
+NUMBERS = (PARAMS, SPARSITY, ERROR, QUANT_ERROR)
 MIN_NAME_WIDTH = 120
 ERROR_HELP = ("Relative output error ‖(W−Ŵ)X‖² / ‖WX‖²: how much of the layer's output the pruning changed, "
               "measured on the first {tokens:,} calibration tokens (lower is better).")
+QUANT_ERROR_HELP = ("Quantization's own relative output error ‖(W′−Ŵ)X‖² / ‖W′X‖², W′ the layer as pruned "
+                    "(and recovered) just before it was rounded to its {grid}: measured on the first {tokens:,} "
+                    "calibration tokens. The Error column counts pruning and quantization together.")
+JOINT_HELP = ("Pruned and quantized in one pass inside SparseGPT's sweep ({grid}): the two cannot be told "
+              "apart, and the Error column counts them together.")
+NOT_QUANTIZED_HELP = "Not quantized: see the log for why (a group size that does not divide its inputs, …)."
 NAME_ROLE = Qt.ItemDataRole.UserRole
 
 
@@ -30,10 +37,14 @@ class LayerTree(QWidget):
         self.tree.setUniformRowHeights(True)
         self.tree.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.tree.headerItem().setToolTip(ERROR, ERROR_HELP.format(tokens=PrunePlan.error_tokens))
-        for col in (2, SPARSITY, ERROR):
+        self.tree.headerItem().setToolTip(QUANT_ERROR, QUANT_ERROR_HELP.format(grid="integer grid",
+                                                                               tokens=PrunePlan.error_tokens))
+        for col in NUMBERS:
             self.tree.headerItem().setTextAlignment(col, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         self.tree.currentItemChanged.connect(self._current_changed)
         self.items: dict[str, QTreeWidgetItem] = {}
+        self.quantized = False           # the results shown come from a quantized run: its column is shown
+        self.tree.setColumnHidden(QUANT_ERROR, True)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.filter)
@@ -50,7 +61,7 @@ class LayerTree(QWidget):
                                         _count(info.out_features * info.in_features)])
                 item.setData(0, NAME_ROLE, info.full_name)
                 item.setToolTip(0, info.full_name)
-                for col in (2, SPARSITY, ERROR):
+                for col in NUMBERS:
                     item.setTextAlignment(col, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 parent.addChild(item)
                 self.items[info.full_name] = item
@@ -67,6 +78,8 @@ class LayerTree(QWidget):
         header = self.tree.header()
         wanted = [max(self._content_width(col), header.sectionSizeHint(col)) + 8 for col in range(len(COLUMNS))]
         wanted[0] = max(wanted[0], MIN_NAME_WIDTH)
+        if not self.quantized:
+            wanted[QUANT_ERROR] = 0
         frame = self.tree.frameWidth() * 2 + self.tree.verticalScrollBar().sizeHint().width()
         self.tree.setMinimumWidth(sum(wanted) - wanted[PARAMS] + frame)
         narrow = self.tree.viewport().width() < sum(wanted)
@@ -93,10 +106,19 @@ class LayerTree(QWidget):
         super().resizeEvent(event)
         self.fit_columns()
 
-    def clear_results(self) -> None:
+    def clear_results(self, quantizing: bool = False) -> None:
+        """Empty the result columns, for a new run (`quantizing`: it quantizes, so its column shows)."""
         for item in self.items.values():
-            for col in (SPARSITY, ERROR):
+            for col in (SPARSITY, ERROR, QUANT_ERROR):
                 item.setText(col, "")
+                item.setToolTip(col, "")
+        self._show_quantization(quantizing)
+
+    def _show_quantization(self, quantized: bool) -> None:
+        if quantized != self.quantized:
+            self.quantized = quantized
+            self.tree.setColumnHidden(QUANT_ERROR, not quantized)
+            self.fit_columns()
 
     def set_result(self, result) -> None:
         item = self.items.get(result.name)
@@ -106,6 +128,20 @@ class LayerTree(QWidget):
         item.setToolTip(SPARSITY, f"target {result.target_sparsity:.1%}, achieved {result.sparsity:.2%}")
         item.setText(ERROR, "" if result.error is None else f"{result.error:.1e}")
         item.setToolTip(ERROR, ERROR_HELP.format(tokens=result.error_tokens))
+        scheme = result.notes.get("quantization")
+        if scheme is None and result.quant_error is None:
+            if self.quantized:               # this run quantizes, but not this layer
+                item.setText(QUANT_ERROR, "—")
+                item.setToolTip(QUANT_ERROR, NOT_QUANTIZED_HELP)
+            return
+        self._show_quantization(True)
+        grid = _grid_text(scheme, result.shape[1])
+        if result.quant_error is not None:
+            item.setText(QUANT_ERROR, f"{result.quant_error:.1e}")
+            item.setToolTip(QUANT_ERROR, QUANT_ERROR_HELP.format(grid=grid, tokens=result.error_tokens))
+        else:
+            item.setText(QUANT_ERROR, "joint")
+            item.setToolTip(QUANT_ERROR, JOINT_HELP.format(grid=grid))
 
     def select(self, full_name: str) -> None:
         item = self.items.get(full_name)
@@ -131,6 +167,15 @@ class LayerTree(QWidget):
         name = current.data(0, NAME_ROLE) if current is not None else None
         if name:
             self.layer_selected.emit(name)
+
+
+def _grid_text(scheme: dict | None, in_features: int) -> str:
+    """'int4 grid (symmetric, groups of 64)' from a layer's quantization notes."""
+    if not scheme:
+        return "integer grid"
+    group = scheme.get("group_size")
+    groups = f"groups of {group}" if group and group != in_features else "one scale per row"
+    return f"int{scheme['bits']} grid ({'symmetric' if scheme.get('symmetric', True) else 'asymmetric'}, {groups})"
 
 
 def _count(n: int) -> str:

@@ -270,7 +270,7 @@ class MainWindow(QMainWindow):
         self.control_tabs.setCurrentIndex(2)
         self.run_panel.set_running(True)
         self.export_action.setEnabled(False)
-        self.layer_tree.clear_results()
+        self.layer_tree.clear_results(plan.quantizing)
         self.overview.clear()
         self.allocation.begin(plan)
         self.recovery.begin(plan)

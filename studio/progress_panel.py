@@ -1,4 +1,5 @@
-"""The job in progress: a bar with its step (block and layer during a run, and a block's recovery),
+"""The job in progress: a bar with its step (block and layer during a run, a block's recovery and its
+quantization),
 elapsed time and, where the total is known, an ETA; and a log of messages."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from core.events import (AllocationChosen, BlockRecovered, BlockStarted, Finishe
                          RecoveryStep, eta_seconds)
 
 # How the engine's step names read in the bar and the label; any other name shows as it is.
-PHASE_NAMES = {"recover": "recovering", "survey outliers": "surveying outliers (OWL)"}
+PHASE_NAMES = {"recover": "recovering", "survey outliers": "surveying outliers (OWL)", "quantize": "quantizing"}
 
 
 def phase_name(name: str) -> str:
@@ -49,6 +50,7 @@ class ProgressPanel(QWidget):
         self.blocks_done, self.blocks_total, self.layer = 0, 0, ""
         self.step = None                  # (name, started, done at start, done, total) of the step with a known total
         self.recovering = None            # (block, started, steps done at start, step, total, loss) of a recovery
+        self.quantizing = None            # (layers done, layers) of the current block's quantization
         self._recovery_start = None       # when the current "recover" phase began
         self._ticker = QTimer(self, interval=500)
         self._ticker.timeout.connect(self._refresh_label)
@@ -56,6 +58,7 @@ class ProgressPanel(QWidget):
     def begin(self, title: str) -> None:
         self.started = time.perf_counter()
         self.blocks_done, self.blocks_total, self.layer, self.step, self.recovering = 0, 0, "", None, None
+        self.quantizing = None
         self.bar.setRange(0, 0)
         self.bar.setFormat(title)
         self.write(title)
@@ -68,18 +71,20 @@ class ProgressPanel(QWidget):
         self.bar.setFormat(text)
         elapsed = time.perf_counter() - self.started if self.started else 0.0
         self.label.setText(f"{text} in {elapsed:.1f} s" if self.started else text)
-        self.started, self.recovering, self._recovery_start = None, None, None
+        self.started, self.recovering, self._recovery_start, self.quantizing = None, None, None, None
         self.write(text)
 
     def on_event(self, event) -> None:
         if isinstance(event, BlockStarted):
             self.blocks_done, self.blocks_total = event.index, event.total
-            self.step, self.recovering = None, None       # what came before the blocks is over
+            self.step, self.recovering, self.quantizing = None, None, None   # what came before is over
             self.bar.setRange(0, event.total)
             self.bar.setValue(event.index)
             self.bar.setFormat(self._block_text())
         elif isinstance(event, Phase):
-            if event.name == "prune":
+            quantizing = self.quantizing
+            self.quantizing = (event.done, event.total) if event.name == "quantize" and self.blocks_total else None
+            if event.name == "prune" or self.quantizing is not None:
                 self.layer = event.detail
             elif self.blocks_total == 0 and event.total:
                 self.bar.setRange(0, event.total)
@@ -92,6 +97,8 @@ class ProgressPanel(QWidget):
                 self.recovering = None
                 if self.blocks_total:
                     self.bar.setFormat(self._block_text())
+            if self.blocks_total and (self.quantizing is not None or quantizing is not None):
+                self.bar.setFormat(self._block_text())       # the block's quantization, begun or over
         elif isinstance(event, RecoveryStep):
             self._track_recovery(event)
         elif isinstance(event, BlockRecovered):
@@ -101,6 +108,8 @@ class ProgressPanel(QWidget):
         elif isinstance(event, LayerPruned):
             r = event.result
             error = "" if r.error is None else f", error {r.error:.3g}"
+            if r.quant_error is not None:
+                error += f" (quantization {r.quant_error:.3g})"
             self.write(f"{r.name}: {r.sparsity:.1%} zeros{error} ({r.seconds:.2f} s)")
         elif isinstance(event, Message):
             self.write(("⚠ " if event.level == "warning" else "") + event.text)
@@ -115,6 +124,9 @@ class ProgressPanel(QWidget):
         if self.recovering is not None:
             _, _, _, step, total, _ = self.recovering
             text += f"  ·  {phase_name('recover')} {step}/{total}"
+        elif self.quantizing is not None:
+            done, total = self.quantizing
+            text += f"  ·  {phase_name('quantize')} {min(done + 1, total)}/{total}"
         return text
 
     def _track_step(self, event: Phase) -> None:
@@ -165,7 +177,7 @@ class ProgressPanel(QWidget):
         if self.recovering is not None:
             text += f"   ·  {self._recovery_text()}"
         elif self.layer:
-            text += f"   ·  {self.layer}"
+            text += f"   ·  {phase_name('quantize') + ' ' if self.quantizing is not None else ''}{self.layer}"
         self.label.setText(text)
 
 

@@ -1,6 +1,7 @@
 """Pruning choices: method, sparsity, pattern, the method's options (SparseGPT, ALPS), device, how the
-sparsity is spread over the blocks (allocation), recovery after pruning, per-layer overrides and the
-ignore list. Collects them as keyword arguments for `core.pruning.plan.PrunePlan.build`; validates nothing
+sparsity is spread over the blocks (allocation), recovery after pruning, per-layer overrides, the
+ignore list and the quantization after pruning (studio/quantize_options.py). Method "none" quantizes
+without pruning: sparsity and pattern do not apply to it. Collects them as keyword arguments for `core.pruning.plan.PrunePlan.build`; validates nothing
 itself (the plan does, and its message is shown)."""
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from core.pruning.methods import METHODS
 from core.pruning.methods.alps import Options as ALPSOptions
 from core.pruning.methods.sparsegpt import Options
 from core.recovery.options import RecoveryOptions
+
+from .quantize_options import QuantizeOptions
 
 ALLOCATIONS = [("uniform", "uniform"), ("OWL (outlier-weighted)", "owl")]
 RECOVERIES = [("none", "none"), ("blockwise", "blockwise"), ("end-to-end", "e2e")]
@@ -60,11 +63,12 @@ class RunPanel(QGroupBox):
         self._build_sparsegpt()
         self._build_alps()
         self._build_allocation_and_recovery()
-        self.method.currentTextChanged.connect(self._method_changed)
-        self._method_changed(self.method.currentText())
+        self.quantize = QuantizeOptions()
         self.overrides = QPlainTextEdit()
         self.overrides.setPlaceholderText("Per-layer overrides, one per line: glob = sparsity\ne.g. *mlp.down_proj = 0.3")
         self.overrides.setMaximumHeight(54)
+        self.method.currentTextChanged.connect(self._method_changed)
+        self._method_changed(self.method.currentText())
         self.ignore = QLineEdit()
         self.ignore.setPlaceholderText("Keep dense (globs, comma-separated), e.g. *.0.*, *o_proj")
         form = QFormLayout()
@@ -89,6 +93,7 @@ class RunPanel(QGroupBox):
         layout.addLayout(self.spread_form)
         layout.addWidget(self.overrides)
         layout.addWidget(self.ignore)
+        layout.addWidget(self.quantize)
         layout.addLayout(buttons)
 
     def _build_sparsegpt(self) -> None:
@@ -166,21 +171,26 @@ class RunPanel(QGroupBox):
         """Keyword arguments for PrunePlan.build, overrides and ignore list as typed (the plan parses them)."""
         for field in (self.alps_rho, self.recovery_lr):      # a number typed but not yet confirmed counts
             field.interpretText()
+        method = self.method.currentData()
         pattern = self.pattern.currentText().strip() or "unstructured"
+        if method == "none":                # quantize only: no pattern, no sparsity (the plan's 0)
+            pattern = "unstructured"
         return {
-            "method": self.method.currentData(),
+            "method": method,
             "pattern": pattern,
-            "sparsity": None if pattern != "unstructured" else self.sparsity.value(),
+            "sparsity": None if pattern != "unstructured" or method == "none" else self.sparsity.value(),
             "device": self.device.currentData(),
-            "overrides": tuple(self.overrides.toPlainText().splitlines()),
+            "overrides": tuple(self.overrides.toPlainText().splitlines()) if method != "none" else (),
             "ignore": self.ignore.text(),
             "sparsegpt": Options(self.blocksize.value(), self.dampening.value(), self.update_weights.isChecked()),
             "alps": replace(ALPSOptions(), rho=self.alps_rho.value(), max_iterations=self.alps_iterations.value(),
                             refit_steps=self.alps_refit.value()),
-            "allocation": replace(AllocationOptions(), kind=self.allocation.currentData(),
+            "allocation": replace(AllocationOptions(), kind="uniform" if method == "none" else self.allocation.currentData(),
                                   owl_lambda=self.owl_lambda.value()),
             "recovery": replace(RecoveryOptions(), mode=self.recovery.currentData(),
                                 epochs=self.recovery_epochs.value(), learning_rate=self.recovery_lr.value()),
+            # GPTQ shares SparseGPT's dampening, as on the command line (and then reuses its factor)
+            "quantization": self.quantize.scheme(self.dampening.value() if method == "sparsegpt" else None),
         }
 
     def set_running(self, running: bool) -> None:
@@ -194,7 +204,8 @@ class RunPanel(QGroupBox):
                 "alps_rho": self.alps_rho.value(), "alps_iterations": self.alps_iterations.value(),
                 "alps_refit_steps": self.alps_refit.value(), "allocation": self.allocation.currentData(),
                 "owl_lambda": self.owl_lambda.value(), "recovery": self.recovery.currentData(),
-                "recovery_epochs": self.recovery_epochs.value(), "recovery_lr": self.recovery_lr.value()}
+                "recovery_epochs": self.recovery_epochs.value(), "recovery_lr": self.recovery_lr.value(),
+                **self.quantize.state()}
 
     def restore_state(self, state: dict) -> None:
         """The choices `state()` gave, as they come back from QSettings (an INI file gives strings)."""
@@ -214,17 +225,25 @@ class RunPanel(QGroupBox):
         _choose(self.recovery, state.get("recovery", "none"))
         self.recovery_epochs.setValue(float(state.get("recovery_epochs", RecoveryOptions.epochs)))
         self.recovery_lr.setValue(float(state.get("recovery_lr", RecoveryOptions.learning_rate)))
+        self.quantize.restore_state(state)
 
     def _pattern_changed(self, text: str) -> None:
         structured = text.strip() not in ("", "unstructured")
-        self.sparsity.setEnabled(not structured)
+        self.sparsity.setEnabled(not structured and self.method.currentText() != "none")
 
     def _method_changed(self, method: str) -> None:
         self.sparsegpt_box.setVisible(method == "sparsegpt")
         self.alps_box.setVisible(method == "alps")
+        pruning = method != "none"
+        for field in (self.pattern, self.overrides, self.allocation):
+            field.setEnabled(pruning)
+        self._pattern_changed(self.pattern.currentText())
+        self._choices_changed()
+        self.quantize.set_pruning_method(method)
 
     def _choices_changed(self) -> None:
-        self.spread_form.setRowVisible(self.owl_lambda, self.allocation.currentData() == "owl")
+        self.spread_form.setRowVisible(self.owl_lambda, self.allocation.currentData() == "owl"
+                                       and self.method.currentText() != "none")
         recovering = self.recovery.currentData() != "none"
         self.spread_form.setRowVisible(self.recovery_epochs, recovering)
         self.spread_form.setRowVisible(self.recovery_lr, recovering)

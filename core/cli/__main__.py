@@ -1,5 +1,8 @@
+"""`python -m core.cli ...`: the command line without the studio's launcher."""
+
 import sys
 
 from .main import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())
