@@ -25,8 +25,9 @@ def parse_args(argv):
     parser.add_argument("--calib", nargs="+", metavar="FILE", help="calibration files (default: WikiText-2 valid, if found)")
     parser.add_argument("--eval", metavar="FILE", help="perplexity text for --screenshot (default: WikiText-2 test, if found)")
     parser.add_argument("--size", default="1600x980", help="window size for --screenshot, WIDTHxHEIGHT")
-    parser.add_argument("--tab", choices=("layer", "overview", "allocation", "recovery", "runs", "benchmark"),
-                        default="layer", help="which view --screenshot shows")
+    parser.add_argument("--tab", choices=("layer", "overview", "allocation", "recovery", "runs", "benchmark", "export"),
+                        default="layer", help="which view --screenshot shows (export: the Export dialog alone)")
+    parser.add_argument("--quantize", choices=("int4", "int8"), help="quantize the --screenshot run (GPTQ)")
     parser.add_argument("--allocation", choices=("uniform", "owl"),
                         help="the run's allocation for --screenshot (default: owl for --tab allocation, else uniform)")
     parser.add_argument("--recover", choices=("none", "blockwise", "e2e"),
@@ -105,7 +106,8 @@ def main(argv=None) -> int:
         driver = ScreenshotDriver(window, spec or "demo", calib, args.eval or find_wikitext(WIKITEXT[1]),
                                   args.screenshot, tab=args.tab,
                                   allocation=args.allocation or ("owl" if args.tab == "allocation" else "uniform"),
-                                  recovery=args.recover or ("blockwise" if args.tab == "recovery" else "none"))
+                                  recovery=args.recover or ("blockwise" if args.tab == "recovery" else "none"),
+                                  quantize=args.quantize)
         window.show()
         driver.start()
         app.exec()

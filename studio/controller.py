@@ -13,6 +13,9 @@ from PySide6.QtCore import QObject, Signal
 from core import workbench as wb
 from core.errors import UserError
 from core.events import AllocationChosen, BlockRecovered, LayerPruned, RecoveryStep
+from core.export.gguf import GGUF_TYPES
+from core.export.sizes import format_sizes
+from core.patterns import is_two_four
 from core.kernels.benchmark import BenchOptions
 from core.kernels.results import KernelMeasured, MemorySampled
 from core.pruning.plan import PrunePlan
@@ -41,6 +44,8 @@ class Controller(QObject):
     evaluation_done = Signal(object)          # (RunRecord or None, dense Perplexity, pruned Perplexity or None)
     comparison_ready = Signal(object)         # Comparison
     export_done = Signal(str, str)            # folder, a sentence on what was written and its size
+    export_refusals_ready = Signal(object)    # {format option: why not, or None} for the applied run
+    export_sizes_ready = Signal(object)       # [core.export.sizes.FormatSize] for the applied run
     error = Signal(str)
     busy_changed = Signal(bool)
     weights_restored = Signal()
@@ -69,6 +74,35 @@ class Controller(QObject):
     @property
     def can_export_compact(self) -> bool:
         return wb.can_export(self.bench, "compact")
+
+    def export_refusals(self) -> dict[str, str | None]:
+        """Why the applied run cannot be written in each format ('hf', 'compressed-tensors', 'gguf f16',
+        'gguf q8_0', 'gguf q4_0', 'compact'); None where it can. The engine's own checks, run now."""
+        record = self.bench.applied
+        found = {}
+        for fmt in ("hf", "compressed-tensors", "gguf", "compact"):
+            for qtype in (GGUF_TYPES if fmt == "gguf" else (None,)):
+                key = fmt if qtype is None else f"{fmt} {qtype}"
+                if record is None:
+                    found[key] = "Nothing to export yet: run a pruning method first."
+                    continue
+                request = wb.ExportRequest("", format=fmt, gguf_type=qtype)
+                try:
+                    request.check_format(record.plan, self.bench.streamed, self.bench.loaded)
+                except UserError as exc:
+                    found[key] = str(exc)
+                else:
+                    found[key] = None if record.exported is None else \
+                        f"this run was written to {record.exported} while it ran: copy that folder instead."
+        return found
+
+    def export_defaults(self) -> tuple[str, str]:
+        """The format and GGUF type an export takes unless the user chooses: the engine's 'auto'."""
+        record = self.bench.applied
+        if record is None:
+            return "hf", "f16"
+        request = wb.ExportRequest("")
+        return request.resolved(record.plan.quantizing), request.gguf_type_for(record.plan)
 
     def _submit(self, name, fn, on_done=None, **callbacks):
         callbacks.setdefault("on_error", self._fail)
@@ -155,10 +189,20 @@ class Controller(QObject):
         self._submit("evaluation", lambda job: wb.evaluate(self.bench, request, job),
                      lambda e: self.evaluation_done.emit((e.record, e.dense, e.pruned)))
 
-    def export(self, out: str, overwrite: bool, compact: bool = False) -> None:
-        request = wb.ExportRequest(out, overwrite, "compact" if compact else "hf")
+    def export(self, out: str, overwrite: bool, format: str = "auto", gguf_type: str | None = None) -> None:
+        request = wb.ExportRequest(out, overwrite, format, gguf_type)
         self._submit("export", lambda job: wb.export_run(self.bench, request, job),
                      lambda done: self.export_done.emit(str(done.path), done.description))
+
+    def request_export_options(self) -> None:
+        """On the views worker: the formats the applied run can be written in (GGUF's checks read the
+        tokenizer), then each format's bytes (the compact check reads every weight)."""
+        record = self.bench.applied
+        quantized = record.result.quantized if record is not None else None
+        two_four = record is not None and is_two_four(record.plan.served_pattern)
+        self._latest("export checks", lambda job: self.export_refusals(), self.export_refusals_ready.emit)
+        self._latest("export sizes", lambda job: format_sizes(self.bench.need_model(), quantized, two_four=two_four),
+                     self.export_sizes_ready.emit)
 
     def restore_dense(self) -> None:
         if self.bench.applied is not None and not self.running:

@@ -1,11 +1,13 @@
 """Histograms of a layer's weights (before/after overlay) and of the score its method ranks by,
-with the pruning threshold drawn on the score. Draws what it is given; computes nothing heavy."""
+with the pruning threshold drawn on the score; after a quantized run, beside the weights, the integer
+codes its kept weights were stored as, one bar per level of the grid. Draws what it is given; computes
+nothing heavy."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QTimer
+from PySide6.QtCore import QEvent, QTimer
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from studio.plot_legend import legend_below
@@ -14,6 +16,10 @@ BEFORE = (47, 111, 223)
 AFTER = (230, 120, 30)
 THRESHOLD = (200, 40, 40)
 WIDE_LEGEND = 320       # pixels a plot needs for its legend in one row
+LABELLED_LEVELS = 16    # up to this many levels (int4), a tick per level; labels where they fit
+CODES_TIP = ("The integer code of every kept weight: weight = scale × (code − zero point), one scale per group "
+             "of inputs. Pruned zeros are no level. A grid whose outer levels stay empty wastes its range; "
+             "one piled at a few levels keeps little of the weights' detail.")
 
 
 class HistogramView(QWidget):
@@ -33,6 +39,13 @@ class HistogramView(QWidget):
         self.after = _curve(self.weights_plot, AFTER, "after (non-zero)")
         self.score_legend = legend_below(self.scores_plot, columns=2)   # also keeps both plots the same height
         self.scores = _curve(self.scores_plot, BEFORE, "score")
+        self.codes_plot = _plot("Quantized codes", "integer level")
+        self.codes_plot.setToolTip(CODES_TIP)
+        self.code_bars = pg.BarGraphItem(x=[], height=[], width=0.8, brush=pg.mkBrush(*AFTER, 170),
+                                         pen=pg.mkPen(AFTER, width=1))
+        self.codes_plot.addItem(self.code_bars)
+        self.codes_plot.setVisible(False)
+        self._codes_title = ""
         threshold_pen = pg.mkPen(THRESHOLD, width=2, style=pg.QtCore.Qt.PenStyle.DashLine)
         self.threshold = pg.InfiniteLine(0, angle=90, pen=threshold_pen)   # named in the legend, not on the curve
         self.score_legend.addItem(pg.PlotDataItem(pen=threshold_pen), "pruned below the threshold")
@@ -42,18 +55,25 @@ class HistogramView(QWidget):
         header.addWidget(self.title, 1)
         header.addWidget(self.log_y)
         plots = QHBoxLayout()
-        plots.addWidget(self.weights_plot, 1)
-        plots.addWidget(self.scores_plot, 1)
+        plots.addWidget(self.weights_plot, 3)
+        plots.addWidget(self.codes_plot, 2)          # 16 bars (or 256 thin ones) need less room than a curve
+        plots.addWidget(self.scores_plot, 3)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addLayout(header)
         layout.addLayout(plots, 1)
 
-    def resizeEvent(self, event) -> None:
+        self.weights_plot.installEventFilter(self)      # the codes plot coming or going resizes it
+
+    def eventFilter(self, watched, event) -> bool:
+        if watched is self.weights_plot and event.type() == QEvent.Type.Resize:
+            self._fit_legends()
+        return False
+
+    def _fit_legends(self) -> None:
         """Both legends in one column when a plot is too narrow for a row: never cut, and the two plots
         keep the same height."""
-        super().resizeEvent(event)
-        columns = 2 if self.scores_plot.width() >= WIDE_LEGEND else 1
+        columns = 2 if self.weights_plot.width() >= WIDE_LEGEND else 1
         for legend in (self.legend, self.score_legend):
             if legend.columnCount != columns:
                 legend.setColumnCount(columns)
@@ -72,6 +92,9 @@ class HistogramView(QWidget):
         for item in (self.before, self.after, self.scores):
             item.setData([], [])
         self.threshold.hide()
+        self.code_bars.setOpts(x=[], height=[])
+        self.codes_plot.setVisible(False)
+        self.scores_plot.setVisible(True)
 
     @property
     def shown_curves(self) -> int:
@@ -102,9 +125,34 @@ class HistogramView(QWidget):
         self._show_in_legend(self.after, self.view.pruned)
         if self.view.pruned:
             _set_steps(self.after, summary.weights_after, log)
+        self._redraw_codes(summary.codes, log)
         # The score plot on the next turn of the event loop: both plots repainted in one turn (a legend entry
         # appearing re-lays the first one out) kept the window from answering for 50-60 ms during a run.
         QTimer.singleShot(0, self, self._redraw_scores)
+
+    def _redraw_codes(self, codes, log: bool) -> None:
+        """One bar per level of the grid; a quantize-only run has no score, so the codes take its place."""
+        self.codes_plot.setVisible(codes is not None)
+        self.scores_plot.setVisible(codes is None or self.view.summary.scores is not None)
+        if codes is None:
+            return
+        levels = np.round((codes.edges[:-1] + codes.edges[1:]) / 2).astype(int)
+        counts = codes.counts.astype(np.float64)
+        self.code_bars.setOpts(x=levels, height=np.log10(np.maximum(counts, 1.0)) if log else counts)
+        title = f"int{int(np.log2(len(levels)))} codes"       # short: the plot is the narrowest of the three
+        if title != self._codes_title:
+            self._codes_title = title
+            self.codes_plot.setTitle(title, color="#2b3a55", size="10pt")
+            self.codes_plot.setLabel("bottom", f"level ({len(levels)} levels)")
+        if self.codes_plot.getAxis("left").labelText != self.weights_plot.getAxis("left").labelText:
+            self.codes_plot.setLabel("left", self.weights_plot.getAxis("left").labelText)
+        axis = self.codes_plot.getAxis("bottom")
+        if len(levels) <= LABELLED_LEVELS:        # every 4th level labelled, the others where there is room
+            major = [(int(v), str(int(v))) for v in levels if v % 4 == 0]
+            axis.setTicks([major, [(int(v), str(int(v))) for v in levels if v % 4]])
+        else:
+            axis.setTicks(None)
+        self.codes_plot.setXRange(levels[0] - 1.2, levels[-1] + 1.2, padding=0)   # room for the end labels
 
     def _redraw_scores(self) -> None:
         if self.view is None:

@@ -68,7 +68,7 @@ class HistoryTable(QWidget):
         if row is None:
             row = self.table.rowCount()
             self.table.insertRow(row)
-        values = {"Run": str(record.number), "Method": record.method, "Pattern": record.pattern,
+        values = {"Run": str(record.number), "Method": method_text(record.plan), "Pattern": record.pattern,
                   "Allocation": allocation_text(record.plan), "Recovery": recovery_text(record.plan),
                   "Target": f"{record.target_sparsity:.0%}", "Achieved": f"{record.sparsity:.1%}",
                   "PPL dense": _ppl(record.ppl_dense), "PPL pruned": _ppl(record.ppl), "Time": f"{record.seconds:.1f} s"}
@@ -131,6 +131,14 @@ def _table(columns) -> QTableWidget:
     table.horizontalHeader().setStretchLastSection(True)
     table.setAlternatingRowColors(True)
     return table
+
+
+def method_text(plan) -> str:
+    """'wanda', 'wanda + int4', or 'int8 only' for a run that quantizes without pruning."""
+    if not plan.quantizing:
+        return plan.method
+    name = plan.quantization.name + (" RTN" if plan.quantization.method == "rtn" else "")
+    return f"{name} only" if plan.method == "none" else f"{plan.method} + {name}"
 
 
 def allocation_text(plan) -> str:

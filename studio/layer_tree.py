@@ -1,5 +1,6 @@
 """Blocks → layers with shape and parameters and, after a run, target/achieved sparsity and output
-error, and after a quantized run the share of that error the quantization added; a filter box hides the layers whose name does not contain the text typed."""
+error, and after a quantized run the share of that error the quantization added; a filter box hides
+the layers whose name does not contain the text typed."""
 
 from __future__ import annotations
 

@@ -122,7 +122,7 @@ class MainWindow(QMainWindow):
     def _build_menu(self) -> None:
         menu = self.menuBar().addMenu("&File")
         self.open_demo_action = QAction("Open the &demo model", self, triggered=lambda: self.open_model("demo"))
-        self.export_action = QAction("&Export pruned model…", self, shortcut=QKeySequence("Ctrl+E"),
+        self.export_action = QAction("&Export the model…", self, shortcut=QKeySequence("Ctrl+E"),
                                      triggered=self.show_export_dialog, enabled=False)
         self.welcome_action = QAction("&Welcome page", self, triggered=lambda: self.pages.setCurrentIndex(0))
         quit_action = QAction("&Quit", self, shortcut=QKeySequence.StandardKey.Quit, triggered=self.close)
@@ -216,11 +216,11 @@ class MainWindow(QMainWindow):
     def show_export_dialog(self) -> None:
         loaded = self.controller.loaded
         suggestion = str(Path.cwd() / f"{loaded.name.replace('/', '_')}-pruned") if loaded else ""
-        dialog = ExportDialog(self, suggestion, two_four=self.controller.can_export_compact)
+        dialog = ExportDialog.for_run(self, self.controller, suggestion)
         if dialog.exec() == QDialog.DialogCode.Accepted:
-            out, overwrite, compact = dialog.choice()
-            self.progress_panel.begin(f"export{' (compact 2:4)' if compact else ''} to {out}")
-            self.controller.export(out, overwrite, compact)
+            out, overwrite, fmt, gguf_type = dialog.choice()
+            self.progress_panel.begin(f"export ({fmt}{' ' + gguf_type if gguf_type else ''}) to {out}")
+            self.controller.export(out, overwrite, fmt, gguf_type)
         dialog.deleteLater()
 
     @Slot(str)
@@ -306,7 +306,9 @@ class MainWindow(QMainWindow):
         self.recovery.show_curves(record.result.recovery, record.plan.recovery.mode)
         self.run_panel.set_running(False)
         self.export_action.setEnabled(True)
-        self.progress_panel.end(f"done: run {record.number}, {record.sparsity:.1%} of the pruned weights are zero")
+        done = [f"{record.sparsity:.1%} of the pruned weights are zero"] if record.method != "none" else []
+        done += [f"{len(record.result.quantized)} layers quantized"] if record.plan.quantizing else []
+        self.progress_panel.end(f"done: run {record.number}, {', '.join(done)}")
         for message in record.result.skipped:
             self.progress_panel.write(f"skipped {message.name}: {message.reason}")
         self.history.set_run(record)
@@ -419,7 +421,10 @@ class MainWindow(QMainWindow):
 
 def run_title(plan) -> str:
     """The progress bar's title for a run: what it does, with its allocation and recovery when chosen."""
-    title = f"{plan.method} {plan.pattern} at {plan.sparsity:.0%}"
+    title = f"{plan.method} {plan.pattern} at {plan.sparsity:.0%}" if plan.method != "none" else "quantize"
+    if plan.quantizing:
+        scheme = plan.quantization
+        title += f"{' +' if plan.method != 'none' else ''} {scheme.name} {'GPTQ' if scheme.method == 'gptq' else 'RTN'}"
     if plan.allocation.kind != "uniform":
         title += f", {plan.allocation.kind.upper()} allocation"
     if plan.recovery.enabled:

@@ -1,8 +1,9 @@
 """Pruning choices: method, sparsity, pattern, the method's options (SparseGPT, ALPS), device, how the
 sparsity is spread over the blocks (allocation), recovery after pruning, per-layer overrides, the
 ignore list and the quantization after pruning (studio/quantize_options.py). Method "none" quantizes
-without pruning: sparsity and pattern do not apply to it. Collects them as keyword arguments for `core.pruning.plan.PrunePlan.build`; validates nothing
-itself (the plan does, and its message is shown)."""
+without pruning: sparsity, pattern, overrides and allocation do not apply to it. Collects them as keyword
+arguments for `core.pruning.plan.PrunePlan.build`; validates nothing itself (the plan does, and its
+message is shown)."""
 
 from __future__ import annotations
 
@@ -185,8 +186,8 @@ class RunPanel(QGroupBox):
             "sparsegpt": Options(self.blocksize.value(), self.dampening.value(), self.update_weights.isChecked()),
             "alps": replace(ALPSOptions(), rho=self.alps_rho.value(), max_iterations=self.alps_iterations.value(),
                             refit_steps=self.alps_refit.value()),
-            "allocation": replace(AllocationOptions(), kind="uniform" if method == "none" else self.allocation.currentData(),
-                                  owl_lambda=self.owl_lambda.value()),
+            "allocation": replace(AllocationOptions(), owl_lambda=self.owl_lambda.value(),
+                                  kind="uniform" if method == "none" else self.allocation.currentData()),
             "recovery": replace(RecoveryOptions(), mode=self.recovery.currentData(),
                                 epochs=self.recovery_epochs.value(), learning_rate=self.recovery_lr.value()),
             # GPTQ shares SparseGPT's dampening, as on the command line (and then reuses its factor)

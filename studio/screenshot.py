@@ -1,5 +1,5 @@
-"""Drive the window through open → Wanda run (optionally with OWL's allocation and a recovery) →
-perplexity → PNG, for the README's picture."""
+"""Drive the window through open → Wanda run (optionally with OWL's allocation, a recovery and a
+quantization) → perplexity → PNG, for the README's picture; `tab="export"` pictures the Export dialog."""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ SHOWN_LAYER = "mlp.down_proj"
 class ScreenshotDriver(QObject):
     def __init__(self, window, spec: str, calib: list[str], eval_path: str | None, out: str,
                  nsamples: int = 16, seqlen: int = 256, tab: str = "layer", allocation: str = "uniform",
-                 recovery: str = "none"):
+                 recovery: str = "none", quantize: str | None = None):
         super().__init__(window)
         self.window, self.spec, self.calib, self.eval_path, self.out = window, spec, calib, eval_path, out
         self.nsamples, self.seqlen, self.tab = nsamples, seqlen, tab
-        self.allocation, self.recovery = allocation, recovery
+        self.allocation, self.recovery, self.quantize = allocation, recovery, quantize
+        self.dialog = None
         self.status = 1
         c = window.controller
         c.model_opened.connect(self._opened)
@@ -44,6 +45,8 @@ class ScreenshotDriver(QObject):
         w.run_panel.sparsity.setValue(0.5)
         w.run_panel.allocation.setCurrentIndex(w.run_panel.allocation.findData(self.allocation))
         w.run_panel.recovery.setCurrentIndex(w.run_panel.recovery.findData(self.recovery))
+        if self.quantize:
+            w.run_panel.quantize.bits.setCurrentIndex(w.run_panel.quantize.bits.findText(self.quantize))
         middle = loaded.layout.inventory[len(loaded.layout.inventory) // 2]
         w.layer_tree.select(next(l.full_name for l in middle.linears if l.name.endswith(SHOWN_LAYER)))
         w.start_run()
@@ -70,6 +73,15 @@ class ScreenshotDriver(QObject):
 
     def _save(self) -> None:
         w = self.window
+        if self.quantize:                    # the Prune panel scrolled to its Quantize section
+            w.control_tabs.currentWidget().ensureWidgetVisible(w.run_panel.quantize)
+        if self.tab == "export":
+            from .export_dialog import ExportDialog
+
+            w.controller.export_sizes_ready.connect(lambda _: QTimer.singleShot(500, self._grab))
+            self.dialog = ExportDialog.for_run(w, w.controller, "exported-model")
+            self.dialog.show()
+            return
         views = {"layer": 0, "overview": w.overview, "allocation": w.allocation, "recovery": w.recovery,
                  "runs": w.history, "benchmark": w.bench}
         view = views[self.tab]
@@ -91,8 +103,10 @@ class ScreenshotDriver(QObject):
 
     def _grab(self) -> None:
         QApplication.processEvents()
-        ok = self.window.grab().save(self.out)
+        ok = (self.dialog or self.window).grab().save(self.out)
         print(f"saved {self.out}" if ok else f"could not write {self.out}", file=sys.stderr)
         self.status = 0 if ok else 1
+        if self.dialog is not None:
+            self.dialog.close()
         self.window.close()
         QApplication.instance().quit()

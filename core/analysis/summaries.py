@@ -73,12 +73,12 @@ def summarize(before: torch.Tensor, outcome) -> LayerSummary:
 
 
 def code_histogram(outcome) -> Histogram | None:
-    """One bin per level of a quantized layer's grid, over its kept weights (a pruned zero is no level)."""
+    """One bin per level of a quantized layer's grid, over the weights the pruning kept (a pruned zero is no level)."""
     record = getattr(outcome, "quantized", None)
     if record is None:
         return None
-    kept = outcome.weight != 0
-    codes = record.codes(outcome.weight)[kept.cpu()]
+    kept = ~outcome.mask.bool().cpu()     # kept weights that rounded to the zero level count there
+    codes = record.codes(outcome.weight)[kept]
     grid = record.grid
     return histogram(codes.float(), bins=grid.qmax - grid.qmin + 1, lo=grid.qmin - 0.5, hi=grid.qmax + 0.5)
 

@@ -22,8 +22,9 @@ class FormatSize:
     loads_in: str           # who reads it
 
 
-def format_sizes(loaded, quantized: dict | None = None) -> list[FormatSize]:
-    """Every format this model could be written in now; `quantized`: the applied run's records."""
+def format_sizes(loaded, quantized: dict | None = None, two_four: bool = True) -> list[FormatSize]:
+    """Every format this model could be written in now; `quantized`: the applied run's records; `two_four`:
+    whether the run may be 2:4 (False skips the compact layout's scan of every weight)."""
     quantized = quantized or {}
     sizes = [FormatSize("hf", _dense_bytes(loaded.model), "transformers, vLLM, every runtime")]
     if quantized and compressed_tensors.available():
@@ -35,7 +36,7 @@ def format_sizes(loaded, quantized: dict | None = None) -> list[FormatSize]:
             sizes.append(FormatSize(f"gguf {qtype}", gguf.gguf_bytes(loaded, qtype), "llama.cpp, LM Studio, Ollama"))
     except Exception:           # an architecture GGUF does not cover: no bar, not an error
         pass
-    compact = _compact_bytes(loaded, quantized)
+    compact = _compact_bytes(loaded, quantized) if two_four else None
     if compact is not None:
         sizes.append(FormatSize("compact", compact, "compression-studio (unpack for others)"))
     return sizes

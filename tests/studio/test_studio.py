@@ -422,26 +422,28 @@ def test_compact_export_after_a_two_four_run_unpacks_to_the_same_weights(qtbot, 
     set_calibration(studio_window, studio_calib_text)
     run(qtbot, studio_window, "magnitude", "unstructured", 0.5)
     assert not controller.can_export_compact
-    dialog = ExportDialog(studio_window, str(tmp_path / "x"), two_four=controller.can_export_compact)
-    assert not dialog.compact.isEnabled() and dialog.choice()[2] is False
+    with qtbot.waitSignal(controller.export_refusals_ready, timeout=WAIT):
+        dialog = ExportDialog.for_run(studio_window, controller, str(tmp_path / "x"))
+    assert not dialog.compact.isEnabled() and dialog.choice()[2] == "hf"
     assert "same size as the dense model" in dialog.about.text()
     dialog.deleteLater()
     with qtbot.waitSignal(controller.error, timeout=WAIT) as blocker:
-        controller.export(str(tmp_path / "refused"), False, compact=True)
+        controller.export(str(tmp_path / "refused"), False, "compact")
     assert "2:4 weights only" in blocker.args[0] and not (tmp_path / "refused").exists()
 
     run(qtbot, studio_window, "wanda", "2:4")
-    dialog = ExportDialog(studio_window, str(tmp_path / "x"), two_four=controller.can_export_compact)
+    with qtbot.waitSignal(controller.export_refusals_ready, timeout=WAIT):
+        dialog = ExportDialog.for_run(studio_window, controller, str(tmp_path / "x"))
     assert dialog.compact.isEnabled() and dialog.compact.text() == COMPACT_LABEL
     dialog.compact.setChecked(True)
-    assert dialog.choice() == (str(tmp_path / "x"), False, True)
+    assert dialog.choice() == (str(tmp_path / "x"), False, "compact", None)
     dialog.deleteLater()
     dense, compact, unpacked = tmp_path / "dense", tmp_path / "compact", tmp_path / "unpacked"
     with qtbot.waitSignal(controller.export_done, timeout=WAIT) as blocker:
         controller.export(str(dense), False)
     assert "same size as the dense model" in blocker.args[1]
     with qtbot.waitSignal(controller.export_done, timeout=WAIT) as blocker:
-        controller.export(str(compact), False, compact=True)
+        controller.export(str(compact), False, "compact")
     assert blocker.args[0] == str(compact.resolve()) and "compact 2:4: 14 layers packed" in blocker.args[1]
     assert list(compact.glob(f"*{SUFFIX}")) and not list(compact.glob("model.safetensors"))
     unpack_folder(compact, unpacked)
