@@ -151,7 +151,9 @@ def _quantize_args(parser: argparse.ArgumentParser, default: str | None) -> None
     symmetry.add_argument("--symmetric", dest="symmetric", action="store_true", default=True,
                           help="zero point 0 (the default)")
     symmetry.add_argument("--asymmetric", dest="symmetric", action="store_false", help="an integer zero point per group")
-    parser.add_argument("--act-order", action="store_true", help="GPTQ: columns by decreasing Hessian diagonal")
+    parser.add_argument("--act-order", action="store_true",
+                        help="GPTQ: columns by decreasing Hessian diagonal, scales fitted first (llm-compressor's "
+                             "default; on the demo at int4 g64 it took perplexity 41.5 to 37.4)")
     parser.add_argument("--quant-method", default="gptq", choices=list(QUANT_METHODS),
                         help="gptq (error-compensating, the default) or rtn (round to nearest)")
     parser.add_argument("--joint", action="store_true",
