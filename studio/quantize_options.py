@@ -8,6 +8,7 @@ from PySide6.QtGui import QIntValidator
 from PySide6.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox
 
 from core.quantization.scheme import PER_CHANNEL, QuantScheme
+from .combo import choice_combo
 
 BITS = [("off", None), ("int4", 4), ("int8", 8)]
 GROUPS = [("auto", None), ("per channel", PER_CHANNEL), ("32", 32), ("64", 64), ("128", 128)]
@@ -34,12 +35,12 @@ JOINT_TIP = ("Quantize inside SparseGPT's own column sweep, so pruning and quant
 class QuantizeOptions(QGroupBox):
     def __init__(self, parent=None):
         super().__init__("Quantize", parent)
-        self.bits = _combo(BITS, BITS_TIP)
-        self.group_size = _combo(GROUPS, GROUP_TIP)
+        self.bits = choice_combo(BITS, BITS_TIP)
+        self.group_size = choice_combo(GROUPS, GROUP_TIP)
         self.group_size.setEditable(True)          # a custom group size; digits only
         self.group_size.lineEdit().setValidator(QIntValidator(0, 1 << 20, self.group_size))
-        self.symmetric = _combo(SYMMETRY, SYMMETRY_TIP)
-        self.method = _combo(METHODS, METHOD_TIP)
+        self.symmetric = choice_combo(SYMMETRY, SYMMETRY_TIP)
+        self.method = choice_combo(METHODS, METHOD_TIP)
         self.act_order = QCheckBox("activation order")
         self.act_order.setToolTip(ACT_ORDER_TIP)
         self.joint = QCheckBox("joint with SparseGPT (one pass)")
@@ -131,14 +132,6 @@ class QuantizeOptions(QGroupBox):
             self.joint.setToolTip(JOINT_TIP + "\n\nChoose the sparsegpt method to use it.")
         else:
             self.joint.setToolTip(JOINT_TIP)
-
-
-def _combo(entries, tooltip: str) -> QComboBox:
-    combo = QComboBox()
-    for label, value in entries:
-        combo.addItem(label, value)
-    combo.setToolTip(tooltip)
-    return combo
 
 
 def _true(value) -> bool:

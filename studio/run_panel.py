@@ -22,6 +22,7 @@ from core.pruning.methods.alps import Options as ALPSOptions
 from core.pruning.methods.sparsegpt import Options
 from core.recovery.options import RecoveryOptions
 
+from .combo import choice_combo
 from .quantize_options import QuantizeOptions
 
 ALLOCATIONS = [("uniform", "uniform"), ("OWL (outlier-weighted)", "owl")]
@@ -139,7 +140,7 @@ class RunPanel(QGroupBox):
         alps.addRow("Refit steps", self.alps_refit)
 
     def _build_allocation_and_recovery(self) -> None:
-        self.allocation = _combo(ALLOCATIONS, ALLOCATION_TIP)
+        self.allocation = choice_combo(ALLOCATIONS, ALLOCATION_TIP)
         self.owl_lambda = QDoubleSpinBox()
         self.owl_lambda.setDecimals(3)
         self.owl_lambda.setRange(0.0, 0.5)
@@ -147,7 +148,7 @@ class RunPanel(QGroupBox):
         self.owl_lambda.setValue(AllocationOptions.owl_lambda)
         self.owl_lambda.setToolTip("OWL's λ: each block's sparsity lies within the target ± λ "
                                    f"(the paper uses {AllocationOptions.owl_lambda:g})")
-        self.recovery = _combo(RECOVERIES, RECOVERY_TIP)
+        self.recovery = choice_combo(RECOVERIES, RECOVERY_TIP)
         self.recovery_epochs = QDoubleSpinBox()
         self.recovery_epochs.setDecimals(2)
         self.recovery_epochs.setRange(0.01, 1000.0)
@@ -296,14 +297,6 @@ class ScientificSpinBox(QDoubleSpinBox):
         if up:
             return next((r for r in rungs if r > value * (1 + 1e-9)), value)
         return next((r for r in reversed(rungs) if r < value * (1 - 1e-9)), value)
-
-
-def _combo(entries, tooltip: str) -> QComboBox:
-    combo = QComboBox()
-    for label, value in entries:
-        combo.addItem(label, value)
-    combo.setToolTip(tooltip)
-    return combo
 
 
 def _choose(combo: QComboBox, value) -> None:
