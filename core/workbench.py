@@ -198,7 +198,7 @@ def prune(bench: Workbench, plan: PrunePlan, job: Job | None = None, *, memory_b
     if bench.calib is None:
         raise UserError("Load calibration text first: a run needs calibration windows.")
     if export is not None:
-        export.check(plan, streamed=bench.streamed, loaded=loaded)
+        export.check(plan, streamed=bench.streamed, loaded=loaded, job=job)
     number = len(bench.runs) + 1
     views: dict[str, LayerView] = {}
     watched = job.with_sink(_layer_views(job, plan, views))
@@ -343,9 +343,10 @@ def can_export(bench: Workbench, format: str) -> bool:
     return True
 
 
-def check_export(bench: Workbench, request: ExportRequest, plan: PrunePlan) -> Path:
-    """Refuse, before any work, an export the plan's run could not be written in; the target folder."""
-    return request.check(plan, streamed=bench.streamed, loaded=bench.loaded)
+def check_export(bench: Workbench, request: ExportRequest, plan: PrunePlan, job: Job | None = None) -> Path:
+    """Refuse, before any work, an export the plan's run could not be written in, or that the disk has no room
+    for; the target folder."""
+    return request.check(plan, streamed=bench.streamed, loaded=bench.loaded, job=job)
 
 
 def export_run(bench: Workbench, request: ExportRequest, job: Job | None = None) -> Exported:

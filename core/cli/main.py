@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
+import signal
 import sys
+import threading
+import traceback
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from .. import workbench as wb
 from ..compute import KERNEL_DTYPES, MODEL_DTYPES
+from ..crashlog import write_crash_log
 from ..errors import UserError
 from ..events import Job
 from ..export.compact import unpack_folder
@@ -27,7 +35,9 @@ from ..workbench import CalibrationRequest, EvaluationRequest, ExportRequest, Op
 from .output import print_human
 from .progress import Progress
 
+EXIT_BUG = 1
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -313,26 +323,73 @@ def _quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+class Interrupts:
+    """The SIGINT handler: the first Ctrl-C stops the job, which removes what it wrote; a second one exits at
+    once (a partial export it leaves is locked to this process, and the next export to that folder removes it)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, signum, frame) -> None:
+        self.count += 1
+        if self.count > 1:
+            os._exit(EXIT_INTERRUPTED)
+        print("\ninterrupted: stopping and removing what was written (Ctrl-C again to quit at once)",
+              file=sys.stderr)
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def _handling_interrupts() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, Interrupts())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def os_error_line(exc: OSError) -> str:
+    where = exc.filename or "a file"
+    if exc.errno == errno.ENOSPC:
+        return f"the disk ran out of space writing {where}: free some space and run again."
+    return f"{where}: {exc.strerror or exc}: check the path and its permissions and run again."
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     progress = None
     try:
-        args = build_parser().parse_args(argv)
-        if args.command is None:
-            raise UserError("choose a subcommand: prune, quantize, eval, inspect, bench or unpack "
-                            "(compression-studio alone opens the studio)")
-        _quiet_transformers()
-        progress = Progress(enabled=True)
-        result = args.run(args, Job(progress))
-        progress.close()
-    except UserError as exc:
+        with _handling_interrupts():
+            args = build_parser().parse_args(argv)
+            if args.command is None:
+                raise UserError("choose a subcommand: prune, quantize, eval, inspect, bench or unpack "
+                                "(compression-studio alone opens the studio)")
+            _quiet_transformers()
+            progress = Progress(enabled=True)
+            result = args.run(args, Job(progress))
+            progress.close()
+    except (UserError, OSError) as exc:
         if progress:
             progress.close()
-        print(f"error: {exc}", file=sys.stderr)
+        line = os_error_line(exc) if isinstance(exc, OSError) else str(exc)
+        print(f"error: {line}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: one line here, the whole traceback in a log file
+        if progress:
+            progress.close()
+        log = write_crash_log(exc, "compression-studio " + " ".join(argv))
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1]
+        if log is None:
+            traceback.print_exc()
+        where = f"the traceback is in {log}" if log else "the traceback is above"
+        print(f"error: an unexpected failure (a bug): {detail}; {where}; please report it.", file=sys.stderr)
+        return EXIT_BUG
     if args.json:
         print(json.dumps(result, default=str))
     else:

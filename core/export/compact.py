@@ -23,7 +23,8 @@ from ..events import Job, as_job
 from ..formats.compact24 import (FORMAT, POSITIONS, SUFFIX, VALUES, VERSION, decode_quantized, encode_quantized,
                                  is_compact, pack, packable, read_compact_file, weight_files)
 from ..formats.names import COMPACT_INDEX, INDEX, REPORT
-from .folder import atomic_folder, check_output, write_export
+from .destination import atomic_folder, check_output
+from .folder import write_export
 
 
 @dataclass
@@ -67,7 +68,7 @@ def write_compact(dense_folder: str | Path, out: str | Path, *, overwrite: bool 
     records = {f"{name}.weight": record for name, record in (quantized or {}).items()}
     wanted, totals, used = _candidates(dense_folder), CompactSummary(Path(out), 0, 0, 0), set()
     out = Path(out).expanduser().resolve()
-    with atomic_folder(out, overwrite) as tmp:
+    with atomic_folder(out, overwrite, job) as tmp:
         _copy_others(dense_folder, tmp, skip={f.name for f in files} | {INDEX, REPORT})
         for i, file in enumerate(files):
             job.phase("compact", i, len(files), file.name)
@@ -192,7 +193,7 @@ def unpack_folder(compact_dir: str | Path, out_dir: str | Path, *, overwrite: bo
     compact_dir, job = Path(compact_dir), as_job(job)
     if not is_compact(compact_dir):
         raise UserError(f"{compact_dir} is not a compact 2:4 folder (no *{SUFFIX} files): nothing to unpack.")
-    with atomic_folder(out_dir, overwrite) as tmp:
+    with atomic_folder(out_dir, overwrite, job) as tmp:
         files = weight_files(compact_dir, compact=True)
         _copy_others(compact_dir, tmp, skip={f.name for f in files} | {COMPACT_INDEX, REPORT})
         for file in files:

@@ -25,7 +25,7 @@ from ..errors import UserError
 from ..events import Job, as_job
 from ..formats.names import CALIBRATION
 from ..quantization.quantized import QuantizedLayer
-from .folder import atomic_folder
+from .destination import atomic_folder
 from .report import write_report
 
 FORMAT = "pack-quantized"
@@ -85,7 +85,7 @@ def export_compressed(loaded, out, report: dict, quantized: dict[str, QuantizedL
     if caveat:
         job.message(*caveat)
     steps = len(quantized) + 2
-    with atomic_folder(out, overwrite) as tmp:
+    with atomic_folder(out, overwrite, job) as tmp:
         state = compressed_state_dict(loaded.model, quantized, config, job, steps)
         job.phase("export", steps - 2, steps, "weights")
         loaded.model.save_pretrained(tmp, state_dict=state)   # config, generation config; tied weights once

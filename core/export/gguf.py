@@ -24,7 +24,7 @@ from gguf import GGUFValueType as Value
 
 from ..errors import UserError
 from ..events import Job, as_job
-from .folder import atomic_folder
+from .destination import atomic_folder
 from .report import write_report
 
 GGUF_TYPES = ("f16", "q8_0", "q4_0")
@@ -134,7 +134,7 @@ def export_gguf(loaded, out, report: dict, qtype: str = "f16", *, overwrite: boo
                 job: Job | None = None) -> Path:
     """Write `model-{qtype}.gguf` and `sparsity.json` into the folder `out`, atomically; return the folder."""
     check_gguf(loaded, qtype)
-    with atomic_folder(out, overwrite) as tmp:
+    with atomic_folder(out, overwrite, job) as tmp:
         file = tmp / f"model-{qtype}.gguf"
         size = write_gguf_file(loaded, file, qtype, job)
         kept = _kept_f16(_tensor_plan(loaded, qtype), qtype)

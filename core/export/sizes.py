@@ -42,6 +42,27 @@ def format_sizes(loaded, quantized: dict | None = None, two_four: bool = True) -
     return sizes
 
 
+GGUF_BYTES_PER_WEIGHT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}   # blocks of 32: codes plus an f16 scale
+
+
+def planned_export_bytes(loaded, plan, fmt: str, gguf_type: str = "f16") -> int:
+    """About the bytes an export of `plan`'s run in `fmt` will take, before the run (so no quantization
+    records yet): for the disk check made before any work. Errs on the large side: the smallest group (32)."""
+    dense = _dense_bytes(loaded.model)
+    linears = loaded.layout.prunable_parameters
+    element = next(loaded.model.parameters()).element_size()
+    rest = max(dense - linears * element, 0)
+    bits = plan.quantization.bits if plan.quantizing else None
+    if fmt == "gguf":
+        return int(dense / element * GGUF_BYTES_PER_WEIGHT[gguf_type])
+    if fmt == "compressed-tensors":
+        return int(rest + linears * (bits / 8 + 2 * 2 / 32))
+    if fmt == "compact":
+        kept = (bits / 8 + 2 * 2 / 32) if bits else element
+        return int(rest + linears * (kept / 2 + 1 / 8))
+    return dense
+
+
 def _dense_bytes(model) -> int:
     seen, total = set(), 0
     for p in model.parameters():          # tied weights once

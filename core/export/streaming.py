@@ -29,7 +29,7 @@ from ..models.loaded import LoadedModel
 from ..models.streaming import StreamedBlocks, open_streaming
 from ..pruning.pipeline import PruneResult, prune_blocks
 from ..pruning.plan import PrunePlan
-from .folder import atomic_folder
+from .destination import atomic_folder
 from .report import build_report, write_report
 
 REST_SHARD_BYTES = 1 << 30     # embeddings, norm and head are copied in shards of at most about this size
@@ -109,7 +109,7 @@ def prune_streaming(
         raise UserError("streaming needs a model folder with safetensors weights; this model was not opened from one.")
     started = time.perf_counter()
     reader = TensorReader(loaded.path)
-    with atomic_folder(out, overwrite) as folder:
+    with atomic_folder(out, overwrite, job) as folder:
         export = StreamingExport(loaded, reader, folder)
         job.phase("export", 0, 2, "embeddings and head")
         export.write_rest()

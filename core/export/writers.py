@@ -16,7 +16,9 @@ from ..formats.compact24 import weight_files
 from ..patterns import is_two_four
 from . import compressed_tensors, gguf
 from .compact import CompactSummary, export_compact
-from .folder import check_output, write_export
+from .destination import check_output, check_room, clean_leftovers
+from .folder import write_export
+from .sizes import planned_export_bytes
 
 FORMATS = ("auto", "hf", "compressed-tensors", "gguf", "compact")
 AUTO = "auto"       # compressed-tensors for a quantized run, the ordinary folder otherwise
@@ -40,11 +42,18 @@ class ExportRequest:
         scheme = plan.quantization
         return "f16" if scheme is None else {8: "q8_0", 4: "q4_0"}[scheme.bits]
 
-    def check(self, plan, streamed: bool = False, loaded=None) -> Path:
+    def check(self, plan, streamed: bool = False, loaded=None, job: Job | None = None) -> Path:
         """Refuse, before any work, what this export cannot do for `plan` (written while a streamed model is
-        pruned, if `streamed`; `loaded`: the model, once open, for the checks that need it). The target folder."""
+        pruned, if `streamed`; `loaded`: the model, once open, for the checks that need it, such as the disk's
+        room). Leftovers of killed exports to the same folder are cleaned first. The target folder."""
         self.check_format(plan, streamed, loaded)
-        return check_output(self.out, self.overwrite)
+        out = Path(self.out).expanduser().resolve()
+        clean_leftovers(out, job)
+        out = check_output(out, self.overwrite)
+        if loaded is not None:
+            fmt = self.resolved(plan.quantizing)
+            check_room(out, planned_export_bytes(loaded, plan, fmt, self.gguf_type_for(plan)))
+        return out
 
     def check_format(self, plan, streamed: bool = False, loaded=None) -> None:
         if self.format not in FORMATS:
@@ -82,7 +91,7 @@ def write(loaded, request: ExportRequest, report: dict, calib, result, job: Job)
     """Write the model as `request` asks, atomically; `result` is the run's `PruneResult`."""
     plan = result.plan
     fmt = request.resolved(plan.quantizing)
-    request.check(plan, loaded=loaded)
+    request.check(plan, loaded=loaded, job=job)
     kwargs = {"overwrite": request.overwrite, "job": job}
     if fmt == "compact":
         summary = export_compact(loaded, request.out, report, calib, quantized=result.quantized or None, **kwargs)
