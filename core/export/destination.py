@@ -28,7 +28,7 @@ from ..errors import UserError
 from ..events import Job, as_job
 
 LOCK = ".export.lock"
-UNLOCKED_GRACE_S = 60       # a leftover with no lock is being created or renamed; older than this, its owner is gone
+UNLOCKED_GRACE_S = 60       # a leftover naming no owner (an older version's): after this long, its run is over
 DISK_MARGIN = 1.02          # the estimate times this, plus the slack below, must be free
 DISK_SLACK = 16 << 20
 
@@ -83,11 +83,26 @@ def read_lock(folder: Path) -> Owner | None:
         return None
 
 
+def hidden_prefix(out: Path, kind: str) -> str:
+    """The name of a folder an export to `out` writes (`partial`) or moves aside (`old`), less mkdtemp's suffix.
+    The owner is in the name too: a lock file cannot be written before the folder exists, or into the empty
+    folder an old one is renamed onto, and a run killed in between must still be recognised."""
+    return f".{out.name}.{kind}-{os.getpid()}@{socket.gethostname()}-"
+
+
+def owner_from_name(path: Path) -> Owner | None:
+    try:
+        pid, rest = path.name.split(".partial-" if ".partial-" in path.name else ".old-", 1)[1].split("@", 1)
+        return Owner(int(pid), rest.rsplit("-", 1)[0])
+    except (IndexError, ValueError):
+        return None
+
+
 @dataclass(frozen=True)
 class Leftover:
     path: Path
     kind: str                   # "partial" (an unfinished export) or "old" (the folder an export replaced)
-    owner: Owner | None
+    owner: Owner | None         # from its lock file, else from its name; None for neither (an older version's)
 
     def dead(self) -> bool | None:
         if self.owner is not None:
@@ -107,7 +122,7 @@ def leftovers(out: Path) -> list[Leftover]:
     for kind in ("partial", "old"):
         for path in sorted(out.parent.glob(f".{out.name}.{kind}-*")):
             if path.is_dir() and not path.is_symlink():
-                found.append(Leftover(path, kind, read_lock(path)))
+                found.append(Leftover(path, kind, read_lock(path) or owner_from_name(path)))
     return found
 
 
@@ -203,7 +218,7 @@ def atomic_folder(out: str | Path, overwrite: bool = False, job: Job | None = No
     out = check_output(out, overwrite)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=hidden_prefix(out, "partial"), dir=out.parent))
         write_lock(tmp)
     except OSError as exc:
         raise io_failure(exc, out, None) from exc
@@ -222,7 +237,7 @@ def atomic_folder(out: str | Path, overwrite: bool = False, job: Job | None = No
 def _replace(tmp: Path, out: Path) -> None:
     old = None
     if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        old = Path(tempfile.mkdtemp(prefix=hidden_prefix(out, "old"), dir=out.parent))
         os.replace(out, old)          # onto the empty folder mkdtemp made: atomic
         write_lock(old)
     (tmp / LOCK).unlink()

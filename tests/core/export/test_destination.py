@@ -184,3 +184,14 @@ def test_a_vanished_output_folder_says_so(tmp_path):
     tmp = tmp_path / ".out.partial-x"
     error = FileNotFoundError(errno.ENOENT, "No such file or directory", str(tmp / "config.json"))
     assert "vanished while the export was written" in str(io_failure(error, tmp_path / "out", tmp))
+
+
+def test_an_unlocked_leftover_is_judged_by_the_owner_its_name_gives(tmp_path):
+    """A run killed before its lock file was written (or just after an old folder was moved aside) still
+    named itself in the folder's name."""
+    host = socket.gethostname()
+    dead = _partial(tmp_path, "pruned", None, suffix=f"{_dead_pid()}@{host}-x1")
+    mine = _partial(tmp_path, "pruned", None, kind="old", suffix=f"{os.getpid()}@{host}-x2")
+    (tmp_path / "pruned").mkdir()
+    clean_leftovers(tmp_path / "pruned")
+    assert not dead.exists() and mine.exists()
