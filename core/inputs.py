@@ -3,6 +3,7 @@ glob lists, token counts and sizes. Every bad input is a `UserError` naming it."
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Iterable
 
@@ -52,4 +53,7 @@ def parse_bytes(text: str) -> int:
     if not match or float(match.group(1)) <= 0:
         raise UserError(f"{text!r} is not a positive size: write e.g. 4GB, 512MB or 2GiB")
     unit = (match.group(2) or "").lower().rstrip("b")
-    return int(float(match.group(1)) * _UNITS[unit])
+    size = float(match.group(1)) * _UNITS[unit]
+    if not 1 <= size < math.inf:
+        raise UserError(f"{text!r} is {'under one byte' if size < 1 else 'too large'}: write e.g. 4GB, 512MB or 2GiB")
+    return int(size)

@@ -46,6 +46,8 @@ def parse_pattern(text: str) -> Pattern:
     match = _NM.match(str(text))
     if not match:
         raise UserError(f"unknown pattern {text!r}: use 'unstructured' or N:M such as 2:4 or 4:8.")
+    if max(len(g.lstrip("0")) for g in match.groups()) > 9:   # int() refuses 4300 digits; no group is this large
+        raise UserError("N and M of a pattern count the weights of one group: use small numbers such as 2:4 or 4:8.")
     n, m = int(match.group(1)), int(match.group(2))
     if not 0 < n < m:
         raise UserError(f"pattern {text}: N:M keeps N of every M weights and needs 0 < N < M (got N={n}, M={m}).")

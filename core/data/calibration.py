@@ -110,6 +110,8 @@ def draw_windows(stream: torch.Tensor, nsamples: int, seqlen: int, seed: int) ->
             f"the calibration text has {stream.numel()} tokens, fewer than one window of {seqlen}: "
             f"add text (at least {seqlen} tokens) or lower the sequence length."
         )
+    if not -2**63 <= seed < 2**64:      # what torch.Generator.manual_seed accepts
+        raise UserError(f"calibration seed {seed} is out of range: give a whole number from 0 to {2**63 - 1}.")
     generator = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, stream.numel() - seqlen + 1, (nsamples,), generator=generator).tolist()
     return torch.stack([stream[s:s + seqlen] for s in starts]), starts

@@ -57,9 +57,10 @@ def _decode(path: Path) -> str:
     if b"\x00" in data[:65536]:
         raise UserError(f"{path.name} looks binary, not text: pass a text, JSON lines, CSV or Parquet file.")
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UserError(f"{path.name} is not UTF-8 text (bad byte at offset {exc.start}): convert it to UTF-8.") from None
+    return text.removeprefix("\ufeff")   # the byte-order mark Notepad and Excel put first is no part of the text
 
 
 def _field(record, path: Path, text_field: str, where: str) -> str:
@@ -76,7 +77,7 @@ def _json_rows(path: Path, text: str, text_field: str) -> list[str]:
         # One JSON document (a list of records, or a single record spread over lines); a .json file of
         # JSON lines also starts with "{" and fails this parse, so it falls through to the line reader.
         try:
-            document = json.loads(text)
+            document = _loads(text)
         except json.JSONDecodeError as exc:
             if stripped.startswith("["):
                 raise UserError(f"{path.name}: invalid JSON at line {exc.lineno}: {exc.msg}.") from None
@@ -84,15 +85,27 @@ def _json_rows(path: Path, text: str, text_field: str) -> list[str]:
             records = document if isinstance(document, list) else [document]
             return [_field(r, path, text_field, f"record {i}") for i, r in enumerate(records)]
     rows = []
-    for number, line in enumerate(text.splitlines(), 1):
+    # Records end at "\n" only: splitlines() would also cut inside strings holding U+2028 or U+0085.
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = _loads(line)
         except json.JSONDecodeError as exc:
             raise UserError(f"{path.name}: line {number} is not valid JSON ({exc.msg}).") from None
         rows.append(_field(record, path, text_field, f"line {number}"))
     return rows
+
+
+def _loads(text: str):
+    """`json.loads`, with every refusal a JSONDecodeError: it raises ValueError for integers of over 4300
+    digits and RecursionError for arrays nested too deep."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise json.JSONDecodeError(str(exc) or type(exc).__name__, text, 0) from None
 
 
 def _csv_rows(path: Path, text: str, text_field: str) -> list[str]:

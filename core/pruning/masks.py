@@ -12,7 +12,8 @@ from ..patterns import Pattern
 
 
 def lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """True at the k lowest scores of every row (last dimension): exactly k per row, ties taken left to right.
+    """True at the k lowest scores of every row (last dimension): exactly k per row, ties taken left to right
+    (a NaN counts as the highest score).
 
     A k-th value threshold and a comparison: on the CPU several times faster than `topk` with a large k.
     """
@@ -21,6 +22,8 @@ def lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
         return torch.zeros_like(scores, dtype=torch.bool)
     if k >= n:
         return torch.ones_like(scores, dtype=torch.bool)
+    if scores.is_floating_point() and bool(scores.isnan().any()):   # NaN ranks highest, as in `topk`
+        scores = scores.nan_to_num(nan=float("inf"), posinf=float("inf"), neginf=float("-inf"))
     threshold = scores.kthvalue(k, dim=-1, keepdim=True).values
     mask = scores <= threshold
     excess = mask.sum(-1, keepdim=True) - k

@@ -41,7 +41,8 @@ class PrunePlan:
         pattern = pattern if isinstance(pattern, Pattern) else parse_pattern(pattern)
         if any(isinstance(item, str) for item in overrides):
             overrides = parse_overrides(overrides)
-        ignore = parse_globs(ignore) if isinstance(ignore, str) else tuple(ignore)
+        # A blank glob would match every layer (see `_matches`): dropped from a list as from the typed text.
+        ignore = parse_globs(ignore) if isinstance(ignore, str) else tuple(g.strip() for g in ignore if g.strip())
         if method == "none" and sparsity is None:
             sparsity = 0.0
         if sparsity is None:
@@ -72,7 +73,7 @@ class PrunePlan:
         if not 0 < options.dampening <= options.max_dampening:
             raise UserError(f"SparseGPT dampening {options.dampening:g} must be in (0, {options.max_dampening:g}].")
         alps = self.alps
-        if alps.rho <= 0 or alps.max_iterations < 0 or alps.update_every < 1 or alps.refit_steps < 0 or alps.ridge < 0:
+        if not (alps.rho > 0 and alps.ridge >= 0) or alps.max_iterations < 0 or alps.update_every < 1 or alps.refit_steps < 0:
             raise UserError("ALPS options: ρ must be positive, iterations and refit steps not negative, "
                             "the update interval at least 1 and the ridge not negative.")
         if self.batch_size < 0 or self.error_tokens < 0:
