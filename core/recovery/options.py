@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 from ..errors import UserError
@@ -33,6 +35,10 @@ class RecoveryOptions:
             raise UserError(f"unknown recovery {self.mode!r}: choose one of {', '.join(MODES)}.")
         if not self.enabled:
             return
+        if not math.isfinite(self.epochs) or self.epochs > 1e6:
+            raise UserError(f"recovery epochs {self.epochs:g}: give a finite number of passes (e.g. --recover-epochs 2).")
+        if not math.isfinite(self.learning_rate):
+            raise UserError(f"recovery learning rate {self.learning_rate:g} must be a finite positive number (e.g. 1e-4).")
         if self.steps < 0 or self.epochs < 0 or (self.steps == 0 and self.epochs == 0):
             raise UserError("recovery needs a positive number of steps or epochs (e.g. --recover-epochs 2).")
         if not self.learning_rate > 0:

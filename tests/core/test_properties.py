@@ -24,6 +24,7 @@ from core.pruning.methods import METHODS
 from core.pruning.methods.alps import Options as ALPSOptions
 from core.pruning.methods.sparsegpt import Options as SparseGPTOptions
 from core.pruning.plan import PrunePlan
+from core.recovery.options import RecoveryOptions
 
 PARSERS = settings(max_examples=200, deadline=None)
 FILES = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -305,3 +306,25 @@ def test_prune_options_of_any_value_end_in_a_user_error_before_the_model_opens(t
     argv = ["prune", "demo", "--calib", str(folder / "missing.txt"), "--out", str(folder / "out")]
     argv += [token for option, value in choices for token in (option, value)]
     assert main(argv) == EXIT_USER_ERROR        # the calibration file is missing, if nothing else is wrong
+
+
+ANY_NUMBER = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6))
+
+
+@PARSERS
+@given(mode=st.sampled_from(["blockwise", "e2e", "none", "nope"]), epochs=ANY_NUMBER,
+       steps=st.integers(-5, 10**6), learning_rate=ANY_NUMBER, batch=st.integers(-3, 64),
+       windows=st.integers(1, 4096))
+@example(mode="blockwise", epochs=float("nan"), steps=0, learning_rate=1e-4, batch=4, windows=128)
+@example(mode="blockwise", epochs=float("inf"), steps=0, learning_rate=1e-4, batch=4, windows=128)
+def test_recovery_options_are_refused_or_give_a_whole_number_of_steps(mode, epochs, steps, learning_rate, batch,
+                                                                        windows):
+    options = RecoveryOptions(mode, epochs=epochs, steps=steps, learning_rate=learning_rate, batch_windows=batch)
+    try:
+        options.validate()
+    except UserError:
+        return
+    if options.enabled:
+        total = options.total_steps(windows)
+        assert isinstance(total, int) and total >= 1
+        assert math.isfinite(options.learning_rate) and options.learning_rate > 0
