@@ -3,6 +3,9 @@
 `--demo` opens the demo model at start; `--model SPEC` opens any model. `--screenshot PATH` then
 runs Wanda on a small calibration, measures perplexity on a few windows, renders the window to a
 PNG and exits — the README's picture is made this way.
+
+A bug raised on the window's thread (a slot drawing a result) is logged and shown in the window's message
+bar, like a bug in an engine job (`install_crash_handler`); the window goes on.
 """
 
 from __future__ import annotations
@@ -78,6 +81,27 @@ def display_problem() -> str | None:
     return None
 
 
+def install_crash_handler(window) -> None:
+    """Route exceptions that reach the top of the GUI thread (PySide hands an exception raised in a slot to
+    `sys.excepthook`) to the crash log and the window's message bar, instead of a traceback on stderr."""
+    from core.errors import UserError
+
+    from .worker import report_bug
+
+    def hook(kind, exc, tb):
+        if not issubclass(kind, Exception):          # KeyboardInterrupt, SystemExit: Python's own handling
+            return sys.__excepthook__(kind, exc, tb)
+        try:
+            if isinstance(exc, UserError):
+                window.show_error(str(exc))
+            else:
+                window.show_error(report_bug(exc.with_traceback(tb), "an update of the window", "studio window (GUI thread)"))
+        except Exception:                            # the window itself is gone: at least the traceback
+            sys.__excepthook__(kind, exc, tb)
+
+    sys.excepthook = hook
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     problem = display_problem()
@@ -93,6 +117,7 @@ def main(argv=None) -> int:
     from .main_window import MainWindow
 
     window = MainWindow()
+    install_crash_handler(window)
     spec = "demo" if args.demo else args.model
     if args.screenshot:
         from .screenshot import ScreenshotDriver

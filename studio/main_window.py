@@ -125,8 +125,12 @@ class MainWindow(QMainWindow):
         self.export_action = QAction("&Export the model…", self, shortcut=QKeySequence("Ctrl+E"),
                                      triggered=self.show_export_dialog, enabled=False)
         self.welcome_action = QAction("&Welcome page", self, triggered=lambda: self.pages.setCurrentIndex(0))
+        # Back from the welcome page to the model still open (say, after a model that would not open)
+        self.workspace_action = QAction("Back to the &open model", self, enabled=False,
+                                        triggered=lambda: self.pages.setCurrentIndex(1))
         quit_action = QAction("&Quit", self, shortcut=QKeySequence.StandardKey.Quit, triggered=self.close)
-        for action in (self.open_demo_action, self.welcome_action, self.export_action, quit_action):
+        for action in (self.open_demo_action, self.welcome_action, self.workspace_action, self.export_action,
+                       quit_action):
             menu.addAction(action)
 
     def _connect(self) -> None:
@@ -152,7 +156,7 @@ class MainWindow(QMainWindow):
         c.block_recovered.connect(self.recovery.add_curve)
         c.run_finished.connect(self._run_finished)
         c.run_cancelled.connect(self._run_cancelled)
-        c.run_failed.connect(lambda: self.run_panel.set_running(False))
+        c.run_failed.connect(self._run_failed)
         c.layer_view_ready.connect(self._show_layer_view)
         c.tile_ready.connect(self.heatmap.show_tile)
         c.evaluation_done.connect(self._evaluation_done)
@@ -193,6 +197,8 @@ class MainWindow(QMainWindow):
     @Slot(object)
     def evaluate(self, choice) -> None:
         self.message_bar.hide()
+        if not choice.path:              # the engine would read "" as the current folder
+            return self.show_error("Choose the text to measure perplexity on: type its path or press Browse….")
         self.progress_panel.begin(f"perplexity on {Path(choice.path).name}")
         self.controller.evaluate(choice)
 
@@ -251,6 +257,7 @@ class MainWindow(QMainWindow):
         self.histograms.clear()
         self.heatmap.clear()
         self.pages.setCurrentIndex(1)
+        self.workspace_action.setEnabled(True)
         self.control_tabs.setCurrentIndex(1 if not self.calibration_panel.paths() else 2)
         self._remember_model(loaded.source)
         if names:
@@ -300,12 +307,12 @@ class MainWindow(QMainWindow):
 
     @Slot(object)
     def _run_finished(self, record) -> None:
+        self.run_panel.set_running(False)       # first: a view failing to draw the run leaves the buttons usable
+        self.export_action.setEnabled(True)
         self._refresh.stop()
         self._draw_pending_results()
         self.allocation.show_run(record)
         self.recovery.show_curves(record.result.recovery, record.plan.recovery.mode)
-        self.run_panel.set_running(False)
-        self.export_action.setEnabled(True)
         done = [f"{record.sparsity:.1%} of the pruned weights are zero"] if record.method != "none" else []
         done += [f"{len(record.result.quantized)} layers quantized"] if record.plan.quantizing else []
         self.progress_panel.end(f"done: run {record.number}, {', '.join(done)}")
@@ -319,11 +326,37 @@ class MainWindow(QMainWindow):
 
     @Slot()
     def _run_cancelled(self) -> None:
+        self._run_ended()
+        record = self.controller.bench.applied
+        self.progress_panel.end("cancelled: the weights are back to the dense model" if record is None else
+                                f"cancelled before pruning: the weights are still run {record.number}'s")
+
+    @Slot()
+    def _run_failed(self) -> None:
+        self._run_ended()               # the message comes through show_error
+
+    def _run_ended(self) -> None:
+        """A run stopped (cancelled or failed): the views show what the weights hold now. A run that stopped
+        while pruning put the dense weights back; one that stopped before (a bad calibration) changed nothing,
+        and the run applied before it is still there: shown, and exportable, again."""
         self._refresh.stop()
         self._pending_results.clear()
         self.run_panel.set_running(False)
-        self.progress_panel.end("cancelled: the weights are back to the dense model")
-        self._weights_restored()
+        record = self.controller.bench.applied
+        if record is None:
+            self._weights_restored()
+            return
+        self.layer_tree.clear_results(record.plan.quantizing)
+        for result in record.result.layers:
+            self.layer_tree.set_result(result)
+        self.overview.clear()
+        self.overview.add_results(record.result.layers)
+        self.allocation.show_run(record)
+        self.recovery.show_curves(record.result.recovery, record.plan.recovery.mode)
+        self.model_panel.set_state(record)
+        self.export_action.setEnabled(True)
+        if self.selected_layer:
+            self.select_layer(self.selected_layer)
 
     @Slot()
     def _weights_restored(self) -> None:

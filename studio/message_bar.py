@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton
 
 
@@ -11,6 +12,7 @@ class MessageBar(QFrame):
         self.setObjectName("messageBar")
         self.text = QLabel("")
         self.text.setWordWrap(True)
+        self.text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)  # a crash log's path, to copy
         close = QPushButton("Dismiss")
         close.clicked.connect(self.hide)
         layout = QHBoxLayout(self)

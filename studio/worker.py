@@ -4,6 +4,10 @@ A job is any callable `fn(job) -> result`, `job` being the engine's job context 
 It runs on the worker's thread; its events travel as queued signals to `Worker`, a QObject living in
 the GUI thread, whose slots call the job's callbacks there. Cancel sets the job's `CancelToken`; the
 engine stops at its next check.
+
+A job's `UserError` is a message for the user; any other exception is a bug: its traceback goes to a crash
+log (`core.crashlog`) and the user reads one line naming the log (`report_bug`). Either way the job ends
+as failed and the worker takes the next one.
 """
 
 from __future__ import annotations
@@ -18,8 +22,22 @@ from typing import Any, Callable
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
+from core.crashlog import write_crash_log
 from core.errors import UserError
 from core.events import CancelToken, Cancelled, Job as JobContext
+
+
+def report_bug(exc: BaseException, what: str, context: str) -> str:
+    """Log a genuine bug's traceback and return the one line to show: what failed, the exception, the log's
+    path. The traceback goes to stderr instead when no log could be written."""
+    log = write_crash_log(exc, context)
+    if log is None:
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+    lines = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()
+    detail = next((line.strip() for line in lines if line.strip()), type(exc).__name__)
+    where = f"the details are in {log}" if log is not None else \
+        "no crash log could be written, so the details were printed to the terminal"
+    return f"{what} failed unexpectedly: {detail}; {where}"
 
 
 @dataclass
@@ -68,10 +86,8 @@ class _Executor(QObject):
             self.cancelled.emit(job.id)
         except UserError as exc:
             self.failed.emit(job.id, str(exc), True)
-        except Exception as exc:  # a bug: report it in the window rather than lose it
-            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            traceback.print_exc()
-            self.failed.emit(job.id, f"{job.name} failed unexpectedly: {detail}", False)
+        except Exception as exc:  # a bug: logged, and one line in the window rather than lost
+            self.failed.emit(job.id, report_bug(exc, job.name, f"studio job {job.name!r}"), False)
         else:
             self.done.emit(job.id, result)
 
