@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .activations import ActivationStore
+from . import finite
 from ..events import Job
 
 
@@ -101,6 +102,7 @@ def capture_first_block_inputs(
 
     def catch(module, args, kwargs):
         hidden, rest = (args[0], args[1:]) if args else (kwargs.pop("hidden_states"), ())
+        finite.check_embedded(hidden, model, blocks)
         store.append(hidden)
         calls.append(BlockCall(rest, dict(kwargs)))
         raise _StopForward

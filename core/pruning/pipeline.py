@@ -3,7 +3,8 @@
 For each decoder block: run it over the current inputs while hooks gather what the method needs,
 prune its linear layers, then run the pruned block to produce the next block's inputs (so block
 k+1 is calibrated on the outputs of the already-pruned block k). Only the current block sits on
-the compute device. A cancel or an error restores every weight changed so far.
+the compute device. A cancel or an error restores every weight changed so far; NaN or Inf stops the run
+where it first appears, naming that layer or block (`core.pruning.finite`).
 
 There is one loop, `prune_blocks`, fed by a *block source*: `core.pruning.in_memory.InMemoryBlocks` (a
 loaded model, pruned in place; `prune`) or `core.models.streaming.StreamedBlocks` (blocks read from
@@ -29,7 +30,7 @@ from ..models.architectures import set_weight_matrix, weight_matrix
 from ..models.loaded import LoadedModel, check_window_length
 from ..patterns import follows_pattern, sparsity_of
 from ..recovery.blockwise import RecoveryCurve
-from . import allocation, quantize_step
+from . import allocation, finite, quantize_step
 from .activations import ActivationBudget, hidden_bytes
 from .capture import BlockCall, auto_batch_size, batches
 from .in_memory import InMemoryBlocks
@@ -189,10 +190,12 @@ def prune_blocks(
                 calls_on[placement.device] = [c.to(here, compute) for c in raw_calls]
             calls = calls_on[placement.device]
             block = source.load(index, here, compute)
+            finite.check_block(block, layout.inventory[index].name)
             outputs = budget.new_store()
             turn = Turn(index, block, here, compute, source.storage_dtype, inputs, outputs, calls, source)
             if recovering:
                 turn.targets = dense_outputs(turn, dense_inputs, budget, job)
+                finite.check_targets(turn.targets, layout.inventory[index].name, compute)
             results, curve, records = _prune_block(turn, layout, plan, skipped, job, summarize, sizes)
             quantized.update(records)
             if sink is not None:
@@ -263,7 +266,7 @@ def _working_bytes(layout, per_store: int, batch_fraction: float, plan: PrunePla
 
 
 def _prune_block(turn: Turn, layout, plan, skipped, job: Job, summarize: Summarize | None, sizes: list[int]):
-    index, block = turn.index, turn.block
+    index, block, prefix = turn.index, turn.block, layout.inventory[turn.index].name
     method = METHODS[plan.method]
     pattern = plan.pattern_for(index)
     targets = {}
@@ -295,6 +298,7 @@ def _prune_block(turn: Turn, layout, plan, skipped, job: Job, summarize: Summari
                 collector.stop_after_last()
         finally:
             stats = collector.close()
+        finite.check_stats(stats, prefix, turn.compute)
         for layer_stats in stats.values():    # ours alone: a method may consume them (SparseGPT's H, in place)
             layer_stats.disposable = quantize_step.stats_disposable(plan)
         _return_freed_memory()
@@ -328,6 +332,8 @@ def _prune_block(turn: Turn, layout, plan, skipped, job: Job, summarize: Summari
         with torch.no_grad():
             # Rounded to the dtype the weight is stored in, so the block propagates exactly what gets saved.
             set_weight_matrix(layer, outcome.weight.to(stored_dtype))
+        finite.check_weight(weight_matrix(layer), info.full_name, *finite.method_blame(plan), outcome.weight,
+                            stored_dtype)
         assert follows_pattern(weight_matrix(layer), pattern), f"{info.full_name} breaks {pattern}"
         pruned[name] = (info, target, time.perf_counter() - tic, outcome.notes, summary)
         if not plan.quantizing:
@@ -338,6 +344,7 @@ def _prune_block(turn: Turn, layout, plan, skipped, job: Job, summarize: Summari
     curve = None
     if turn.targets is not None and pruned:
         curve = recover_block(turn, {n: modules[n] for n in pruned}, plan, pattern, sizes, job)
+        finite.check_recovered({pruned[n][0].full_name: modules[n] for n in pruned}, plan)
     steps = _quantize_block(turn, modules, pruned, joint_records, stats, plan, skipped, job)
     stats.clear()
     for name, (original, outcome) in later.items():      # the views show the weights as recovery left them
@@ -348,7 +355,7 @@ def _prune_block(turn: Turn, layout, plan, skipped, job: Job, summarize: Summari
         pruned[name] = (info, target, seconds, notes, summarize(original, outcome))
     later.clear()
     job.phase("propagate", 0, 1, f"block {index}")
-    errors = _propagate(turn, {n: modules[n] for n in pruned}, targets, plan.error_tokens, job,
+    errors = _propagate(turn, prefix, {n: modules[n] for n in pruned}, targets, plan.error_tokens, job,
                         {n: step.before for n, step in steps.items() if step.before is not None})
     results, records = [], {}
     for name, (info, target, seconds, notes, summary) in pruned.items():
@@ -382,11 +389,12 @@ def _quantize_block(turn: Turn, modules, pruned: dict, joint_records: dict, stat
 
 
 @torch.no_grad()
-def _propagate(turn: Turn, modules, targets, error_tokens, job: Job, before_quantization=None):
+def _propagate(turn: Turn, prefix: str, modules, targets, error_tokens, job: Job, before_quantization=None):
     """Run the pruned block over every batch into `turn.outputs`; measure each layer's relative output
     error ‖(W−Ŵ)X‖² / ‖WX‖² on the first tokens. WX is the pruned layer's own output plus (W−Ŵ)X,
     so the probe costs one extra product per layer, not two. For a quantized layer, also the error of
-    its quantization alone, against `before_quantization` (its weight as pruned)."""
+    its quantization alone, against `before_quantization` (its weight as pruned). Non-finite outputs
+    stop the run, naming the block (`finite.check_outputs`)."""
     before_quantization = before_quantization or {}
     sums = {name: [0.0, 0.0, 0] for name in modules}
     quant_sums = {name: [0.0, 0.0] for name in before_quantization}
@@ -415,10 +423,13 @@ def _propagate(turn: Turn, modules, targets, error_tokens, job: Job, before_quan
         return hook
 
     handles = [layer.register_forward_hook(probe(name)) for name, layer in modules.items()]
+    changed = {targets[name][0].full_name: layer for name, layer in modules.items()}
     try:
         for batch in range(len(turn.calls)):
             job.check()
-            turn.outputs.append(turn.run(batch).to(turn.storage))
+            out = turn.run(batch).to(turn.storage)
+            finite.check_outputs(out, turn, batch, prefix, changed, turn.source.dense_matrix)
+            turn.outputs.append(out)
     finally:
         for handle in handles:
             handle.remove()

@@ -15,6 +15,7 @@ from ..quantization.gptq import ColumnQuantizer, gptq
 from ..quantization.grid import Grid
 from ..quantization.quantized import QuantizedLayer
 from ..quantization.rtn import round_to_nearest
+from . import finite
 from .methods.sparsegpt import NotPositiveDefinite, factor
 from .plan import PrunePlan
 from .stats import HESSIAN
@@ -85,11 +86,18 @@ def quantize_layers(modules: dict, names: dict[str, str], stats: dict, plan: Pru
             continue
         with torch.no_grad():
             set_weight_matrix(layer, quantized.to(storage))
+        finite.check_weight(weight_matrix(layer), names[name], *_blame(scheme), quantized, storage)
         if pruned is not None:
             assert bool((weight_matrix(layer)[pruned] == 0).all()), f"{names[name]} lost pruned zeros"
         done[name] = QuantizedStep(record, weight, time.perf_counter() - tic)
         stats.pop(name, None)
     return done, refused
+
+
+def _blame(scheme) -> tuple[str, str]:
+    if scheme.method == "gptq":
+        return "GPTQ quantization", f"raise the dampening (--dampening, now {scheme.dampening:g})"
+    return "round-to-nearest quantization", "please report this as a bug"
 
 
 def _quantize(weight, layer_stats, grid: Grid, group: int, pruned, plan: PrunePlan):
