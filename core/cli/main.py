@@ -32,6 +32,7 @@ from ..pruning.plan import PrunePlan
 from ..quantization.scheme import METHODS as QUANT_METHODS, QuantScheme
 from ..recovery.options import MODES as RECOVERY_MODES, RecoveryOptions
 from ..workbench import CalibrationRequest, EvaluationRequest, ExportRequest, OpenRequest
+from .memory import fit_memory
 from .output import print_human
 from .progress import Progress
 
@@ -96,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--memory-budget", type=parse_bytes, default=None, metavar="SIZE",
                        help="spill calibration activations to disk beyond this size, e.g. 4GB")
     prune.add_argument("--compact", action="store_true", help="the same as --format compact")
+    prune.add_argument("--no-memory-check", action="store_true",
+                       help="run as asked even where the estimate says it will not fit in memory (by default such a "
+                            "run is streamed from disk, or its activations spilled, or it is refused)")
     _quantize_args(prune, default=None)
     prune.set_defaults(run=run_prune)
 
@@ -146,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 QUANTIZE_SHARES = {"calib", "text_field", "nsamples", "seqlen", "seed", "ignore", "dampening", "batch_size", "eval",
+                   "no_memory_check",
                    "eval_windows", "out", "overwrite", "memory_budget", "model", "device", "dtype",
                    "trust_remote_code", "json", "quantize", "group_size", "symmetric", "act_order",
                    "quant_method", "joint", "format", "gguf_type"}
@@ -215,10 +220,12 @@ def run_prune(args, job: Job) -> dict:
     if args.compact and args.format not in ("auto", "compact"):
         raise UserError(f"--compact and --format {args.format} ask for two formats: keep one.")
     export = ExportRequest(args.out, args.overwrite, "compact" if args.compact else args.format, args.gguf_type)
-    export.check(plan, streamed=args.stream)
+    export.check(plan, streamed=args.stream, job=job)
     _check_files(args.calib, "calibration")
     if args.eval:
         _check_files([args.eval], "evaluation")
+    if not args.no_memory_check:
+        fit_memory(args, plan, export, job)
     bench = wb.Workbench(remember=False)
     wb.open_model(bench, OpenRequest(args.model, args.dtype, args.trust_remote_code, stream=args.stream), job)
     wb.check_export(bench, export, plan)          # the checks that need the model (GGUF's architectures)

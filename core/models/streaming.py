@@ -16,28 +16,18 @@ from torch import nn
 from ..errors import UserError
 from ..events import Job, as_job
 from ..formats.safetensors_reader import TensorReader
-from .architectures import find_layout, weight_matrix
+from .architectures import Layout, find_layout, weight_matrix
 from .loaded import LoadedModel
+from .open import read_config, refuse_remote_code
 from .tokenizer import load_tokenizer
 
 
 def open_streaming(folder: str | Path, *, trust_remote_code: bool = False, job: Job | None = None) -> LoadedModel:
     """A `LoadedModel` whose model is a meta-device skeleton of the folder's model (weights stay on disk)."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     job = as_job(job)
     folder = Path(folder).expanduser()
-    if not (folder / "config.json").is_file():
-        raise UserError(f"{folder} has no config.json: streaming needs a Hugging Face model folder with safetensors weights.")
     job.phase("open model (streaming)", 0, 1, str(folder))
-    reader = TensorReader(folder)
-    config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    dtype = _stored_dtype(reader)
-    with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
-    model.eval()
-    layout = find_layout(model)
+    model, layout, reader = open_skeleton(folder, trust_remote_code)
     missing = [f"{layout.blocks_path}.0.{n}" for n, _ in layout.blocks[0].named_parameters()
                if f"{layout.blocks_path}.0.{n}" not in reader]
     if missing:
@@ -46,6 +36,24 @@ def open_streaming(folder: str | Path, *, trust_remote_code: bool = False, job: 
     tokenizer = load_tokenizer(folder, trust_remote_code, strict=True)
     job.phase("open model (streaming)", 1, 1, str(folder))
     return LoadedModel(model, tokenizer, str(folder), "folder", folder, layout)
+
+
+def open_skeleton(folder: Path, trust_remote_code: bool = False) -> tuple[nn.Module, Layout, TensorReader]:
+    """The folder's model built on the meta device in its stored dtype, its layout, and its tensors' reader:
+    shapes and sizes without reading a weight."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{folder} has no config.json: streaming needs a Hugging Face model folder with safetensors weights.")
+    if not trust_remote_code:
+        refuse_remote_code(folder, read_config(folder))
+    reader = TensorReader(folder)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=_stored_dtype(reader), trust_remote_code=trust_remote_code)
+    model.eval()
+    return model, find_layout(model), reader
 
 
 def _stored_dtype(reader: TensorReader) -> torch.dtype:

@@ -33,6 +33,7 @@ from ..recovery.blockwise import RecoveryCurve
 from . import allocation, finite, quantize_step
 from .activations import ActivationBudget, hidden_bytes
 from .capture import BlockCall, auto_batch_size, batches
+from .footprint import working_bytes
 from .in_memory import InMemoryBlocks
 from .methods import METHODS, MethodResult
 from .methods.sparsegpt import NotPositiveDefinite
@@ -166,7 +167,7 @@ def prune_blocks(
     budget = ActivationBudget(memory_budget, per_store)
     batch_size = plan.batch_size or auto_batch_size(calib.seqlen)
     placements = block_devices(device, plan.device, [_block_bytes(b, compute) for b in layout.blocks],
-                               _working_bytes(layout, per_store, batch_size / calib.nsamples, plan),
+                               working_bytes(layout, per_store, batch_size / calib.nsamples, plan),
                                keep_resident=source.restores)
     recovering = plan.recovery.mode == "blockwise"
     try:
@@ -248,21 +249,6 @@ def _libc():
 def _block_bytes(block: nn.Module, dtype: torch.dtype) -> int:
     size = torch.empty((), dtype=dtype).element_size()
     return sum(p.numel() * (size if p.is_floating_point() else p.element_size()) for p in block.parameters())
-
-
-def _working_bytes(layout, per_store: int, batch_fraction: float, plan: PrunePlan) -> int:
-    """Memory a block's turn needs besides its weights: a batch in and out (with ~8× for attention and MLP
-    intermediates) and the statistics of its layers (a float32 Hessian per layer for SparseGPT). Block-wise
-    recovery adds the dense targets, a micro-batch's autograd intermediates (~30× its hidden states, bounded
-    here by a whole batch's) and Adam's two moments of the trained weights (bounded by the statistics' size)."""
-    needs = METHODS[plan.method].needs | quantize_step.needs(plan)
-    widest = max((l.in_features for b in layout.inventory for l in b.linears), default=0)
-    count = max((len(b.linears) for b in layout.inventory), default=0)
-    stats = count * widest * widest * 4 * 3 if HESSIAN in needs else count * widest * 4
-    working = int(10 * per_store * batch_fraction) + stats
-    if plan.recovery.mode == "blockwise":
-        working += int(32 * per_store * batch_fraction) + count * widest * widest * 4 * 3
-    return working
 
 
 def _prune_block(turn: Turn, layout, plan, skipped, job: Job, summarize: Summarize | None, sizes: list[int]):
