@@ -195,6 +195,7 @@ def prune(bench: Workbench, plan: PrunePlan, job: Job | None = None, *, memory_b
     job = as_job(job)
     loaded = bench.need_model()
     plan.validate()
+    plan.check_globs([info.full_name for block in loaded.layout.inventory for info in block.linears])
     if bench.calib is None:
         raise UserError("Load calibration text first: a run needs calibration windows.")
     if export is not None:

@@ -110,6 +110,16 @@ class PrunePlan:
         """The options of the chosen method (None for the methods without any)."""
         return {"sparsegpt": self.sparsegpt, "alps": self.alps}.get(self.method)
 
+    def check_globs(self, layer_names: list[str]) -> None:
+        """Refuse an ignore or override glob that matches none of the model's prunable layers (a typo would
+        otherwise leave the run silently different from what was asked)."""
+        globs = [("--ignore", glob) for glob in self.ignore] + [("--override", glob) for glob, _ in self.overrides]
+        for option, glob in globs:
+            if not any(_matches(name, glob) for name in layer_names):
+                example = layer_names[0] if layer_names else "model.layers.0.mlp.down_proj"
+                raise UserError(f"the {option} glob {glob!r} matches none of the model's prunable layers (they are "
+                                f"named like {example}): fix the glob, or run `compression-studio inspect` to list them.")
+
     def target_for(self, full_name: str, block: int | None = None) -> float | None:
         """The sparsity for a layer of `block`, or None when it stays dense (the ignore list, or an
         N:M allocation that keeps the whole block dense). Overrides win over the allocation."""

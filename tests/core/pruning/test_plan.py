@@ -46,3 +46,12 @@ def test_devices():
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+def test_a_glob_matching_no_layer_is_refused_naming_it():
+    names = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"]
+    PrunePlan.build(ignore=("*q_proj",), overrides=("mlp.down_proj=0.3",)).check_globs(names)
+    with pytest.raises(UserError, match=r"--ignore glob '\*qproj' matches none .* named like model\.layers\.0"):
+        PrunePlan.build(ignore=("*qproj",)).check_globs(names)
+    with pytest.raises(UserError, match=r"--override glob 'down_prj' matches none"):
+        PrunePlan.build(overrides=("down_prj=0.3",)).check_globs(names)
