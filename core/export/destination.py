@@ -238,8 +238,7 @@ def _replace(tmp: Path, out: Path) -> None:
     old = None
     if out.exists():
         old = Path(tempfile.mkdtemp(prefix=hidden_prefix(out, "old"), dir=out.parent))
-        os.replace(out, old)          # onto the empty folder mkdtemp made: atomic
-        write_lock(old)
+        os.replace(out, old)          # onto the empty folder mkdtemp made: atomic; its name says whose it is
     (tmp / LOCK).unlink()
     os.replace(tmp, out)
     if old is not None:
