@@ -23,7 +23,7 @@ from ..events import Job, as_job
 from ..formats.compact24 import (FORMAT, POSITIONS, SUFFIX, VALUES, VERSION, decode_quantized, encode_quantized,
                                  is_compact, pack, packable, read_compact_file, weight_files)
 from ..formats.names import COMPACT_INDEX, INDEX, REPORT
-from .destination import atomic_folder, check_output
+from .destination import atomic_folder, check_output, hidden_prefix
 from .folder import write_export
 
 
@@ -224,7 +224,7 @@ def export_compact(loaded, out: str | Path, report: dict, calib=None, *, overwri
     (`quantized`: the run's records, full module name -> `QuantizedLayer`, stored as integer codes)."""
     out = check_output(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.dense-", dir=out.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=hidden_prefix(out, "dense"), dir=out.parent))
     try:
         dense = write_export(loaded, scratch / "dense", report, calib, job=job)
         return write_compact(dense, out, overwrite=overwrite, job=job, quantized=quantized)

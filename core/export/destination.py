@@ -14,7 +14,6 @@ import errno
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 from contextlib import contextmanager
@@ -26,47 +25,12 @@ from safetensors import SafetensorError
 
 from ..errors import UserError
 from ..events import Job, as_job
+from ..formats.scratch import Owner, folder_bytes, owner_from_name, owner_tag
 
 LOCK = ".export.lock"
 UNLOCKED_GRACE_S = 60       # a leftover naming no owner (an older version's): after this long, its run is over
 DISK_MARGIN = 1.02          # the estimate times this, plus the slack below, must be free
 DISK_SLACK = 16 << 20
-
-
-@dataclass(frozen=True)
-class Owner:
-    """The process writing a partial export; `started` tells a live process from a later one with its pid."""
-
-    pid: int
-    host: str
-    started: str | None = None
-
-    @classmethod
-    def this_process(cls) -> "Owner":
-        return cls(os.getpid(), socket.gethostname(), process_start(os.getpid()))
-
-    def alive(self) -> bool | None:
-        """Whether the owner still runs; None when it ran on another host (then nobody can tell from here)."""
-        if self.host != socket.gethostname():
-            return None
-        if self.pid == os.getpid():
-            return True
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        return self.started is None or process_start(self.pid) in (None, self.started)
-
-
-def process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), None where that cannot be read."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
 
 
 def write_lock(folder: Path) -> None:
@@ -87,21 +51,14 @@ def hidden_prefix(out: Path, kind: str) -> str:
     """The name of a folder an export to `out` writes (`partial`) or moves aside (`old`), less mkdtemp's suffix.
     The owner is in the name too: a lock file cannot be written before the folder exists, or into the empty
     folder an old one is renamed onto, and a run killed in between must still be recognised."""
-    return f".{out.name}.{kind}-{os.getpid()}@{socket.gethostname()}-"
-
-
-def owner_from_name(path: Path) -> Owner | None:
-    try:
-        pid, rest = path.name.split(".partial-" if ".partial-" in path.name else ".old-", 1)[1].split("@", 1)
-        return Owner(int(pid), rest.rsplit("-", 1)[0])
-    except (IndexError, ValueError):
-        return None
+    return f".{out.name}.{kind}-" + owner_tag()
 
 
 @dataclass(frozen=True)
 class Leftover:
     path: Path
-    kind: str                   # "partial" (an unfinished export) or "old" (the folder an export replaced)
+    kind: str                   # "partial" (an unfinished export), "old" (the folder an export replaced), "dense"
+                                # (the compact export's scratch copy)
     owner: Owner | None         # from its lock file, else from its name; None for neither (an older version's)
 
     def dead(self) -> bool | None:
@@ -119,10 +76,11 @@ def leftovers(out: Path) -> list[Leftover]:
     if not out.parent.is_dir():
         return []
     found = []
-    for kind in ("partial", "old"):
-        for path in sorted(out.parent.glob(f".{out.name}.{kind}-*")):
+    for kind in ("partial", "old", "dense"):
+        prefix = f".{out.name}.{kind}-"
+        for path in sorted(out.parent.glob(prefix + "*")):
             if path.is_dir() and not path.is_symlink():
-                found.append(Leftover(path, kind, read_lock(path) or owner_from_name(path)))
+                found.append(Leftover(path, kind, read_lock(path) or owner_from_name(path, prefix)))
     return found
 
 
@@ -152,17 +110,6 @@ def clean_leftovers(out: Path, job: Job | None = None) -> int:
 
 def _owner_text(owner: Owner | None) -> str:
     return "" if owner is None else f" (process {owner.pid} on {owner.host})"
-
-
-def folder_bytes(folder: Path) -> int:
-    total = 0
-    for root, _, files in os.walk(folder):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except OSError:
-                pass
-    return total
 
 
 def check_output(out: str | Path, overwrite: bool = False) -> Path:

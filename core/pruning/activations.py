@@ -8,11 +8,12 @@ temporary folder, read back one batch at a time, so host memory holds a single b
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from ..formats.scratch import scratch_folder
 
 
 class ActivationStore:
@@ -63,7 +64,7 @@ class ActivationBudget:
         self.max_bytes = max_bytes
         self.bytes_per_store = bytes_per_store
         self.spill = max_bytes is not None and 2 * bytes_per_store > max_bytes
-        self._folder = Path(tempfile.mkdtemp(prefix="compression-studio-activations-")) if self.spill else None
+        self._folder = scratch_folder("compression-studio-activations-") if self.spill else None
 
     def new_store(self) -> ActivationStore:
         return ActivationStore(self._folder)

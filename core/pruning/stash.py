@@ -11,11 +11,12 @@ count.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from ..formats.scratch import scratch_folder
 
 
 class WeightStash:
@@ -31,7 +32,7 @@ class WeightStash:
 
     def put(self, name: str, tensor: torch.Tensor) -> None:
         if self._folder is None:
-            self._folder = Path(tempfile.mkdtemp(prefix="compression-studio-dense-"))
+            self._folder = scratch_folder("compression-studio-dense-")
         path = self._folder / f"{len(self._files)}.safetensors"
         save_file({"weight": tensor.detach().to("cpu").contiguous()}, str(path))
         self._files[name] = path

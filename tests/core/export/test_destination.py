@@ -20,8 +20,8 @@ from safetensors import SafetensorError
 from core.errors import UserError
 from core.events import Job, Message, Recorder
 from core.export import destination
-from core.export.destination import (LOCK, Owner, atomic_folder, check_output, check_room, clean_leftovers,
-                                     io_failure, leftovers, process_start)
+from core.export.destination import LOCK, atomic_folder, check_output, check_room, clean_leftovers, io_failure, leftovers
+from core.formats.scratch import Owner, clean_dead, owner_tag, process_start, scratch_folder
 
 
 def _dead_pid() -> int:
@@ -195,3 +195,22 @@ def test_an_unlocked_leftover_is_judged_by_the_owner_its_name_gives(tmp_path):
     (tmp_path / "pruned").mkdir()
     clean_leftovers(tmp_path / "pruned")
     assert not dead.exists() and mine.exists()
+
+
+def test_scratch_folders_of_killed_runs_are_removed_and_live_ones_kept(tmp_path, monkeypatch):
+    """The dense copies and spilled activations a run keeps in the temporary folder (gigabytes for a large model)."""
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    prefix = "compression-studio-activations-"
+    dead = tmp_path / f"{prefix}{_dead_pid()}@{socket.gethostname()}-abc"
+    dead.mkdir()
+    (dead / "0.safetensors").write_bytes(b"x" * (2 << 20))
+    foreign = tmp_path / f"{prefix}1@another-host-abc"
+    foreign.mkdir()
+    unnamed = tmp_path / f"{prefix}old-style"
+    unnamed.mkdir()
+    recorder = Recorder()
+    mine = scratch_folder(prefix, Job(recorder))
+    assert mine.name.startswith(prefix + owner_tag()) and mine.is_dir()
+    assert not dead.exists() and foreign.exists() and unnamed.exists()
+    assert any("2.0 MiB freed" in m for m in _messages(recorder))
+    assert clean_dead(tmp_path, prefix) == 0 and mine.exists()
