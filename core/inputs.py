@@ -57,3 +57,19 @@ def parse_bytes(text: str) -> int:
     if not 1 <= size < math.inf:
         raise UserError(f"{text!r} is {'under one byte' if size < 1 else 'too large'}: write e.g. 4GB, 512MB or 2GiB")
     return int(size)
+
+
+def parse_structure(text: str) -> dict[str, float]:
+    """'mlp=0.3,heads=0.25' (either part may be left out) as {'mlp': 0.3, 'heads': 0.25}; fractions in [0, 1)."""
+    parts = {}
+    for item in (i.strip() for i in text.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            fraction = float(value)
+        except ValueError:
+            fraction = math.nan
+        if key.strip() not in ("mlp", "heads") or key.strip() in parts or not 0 <= fraction < 1:
+            raise UserError(f"--structure {text}: write mlp=FRACTION and/or heads=FRACTION, each at least 0 "
+                            f"and below 1, e.g. mlp=0.3,heads=0.25.")
+        parts[key.strip()] = fraction
+    return {"mlp": parts.get("mlp", 0.0), "heads": parts.get("heads", 0.0)}

@@ -35,6 +35,7 @@ from ..workbench import CalibrationRequest, EvaluationRequest, ExportRequest, Op
 from .memory import fit_memory
 from .output import print_human
 from .progress import Progress
+from .structured import run_structure
 
 EXIT_BUG = 1
 EXIT_USER_ERROR = 2
@@ -54,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(prune)
     prune.add_argument("--calib", nargs="+", required=True, metavar="FILE", help="calibration text files")
     prune.add_argument("--text-field", default="text", help="field or column holding the text in JSON/CSV/Parquet")
-    prune.add_argument("--method", default="wanda", choices=list(METHODS))
+    prune.add_argument("--method", default="wanda", choices=[*METHODS, "flap"], help="the criterion (flap: --structure only)")
+    prune.add_argument("--structure", metavar="mlp=F,heads=G", help="remove fractions of MLP channels and attention heads")
     prune.add_argument("--sparsity", type=float, default=None, help="fraction of weights to remove (default 0.5)")
     prune.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8 or any N:M (N kept of M)")
     prune.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
@@ -204,6 +206,8 @@ def _check_files(paths: list[str], what: str) -> None:
 
 
 def run_prune(args, job: Job) -> dict:
+    if args.structure:
+        return run_structure(args, job)
     if args.stream and args.eval:
         raise UserError("--eval loads the whole model, which --stream avoids: drop --eval and run "
                         f"`compression-studio eval {args.out} --data FILE` afterwards.")
