@@ -16,6 +16,8 @@ from PySide6.QtGui import QValidator
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout,
                                QLineEdit, QPlainTextEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
+from core.errors import UserError
+from core.patterns import parse_pattern
 from core.pruning.allocation import AllocationOptions
 from core.pruning.methods import METHODS
 from core.pruning.methods.alps import Options as ALPSOptions
@@ -52,8 +54,9 @@ class RunPanel(QGroupBox):
         self.method.setCurrentText("wanda")
         self.pattern = QComboBox()
         self.pattern.setEditable(True)
-        self.pattern.addItems(["unstructured", "2:4", "4:8"])
-        self.pattern.setToolTip("unstructured, or N:M (keep N of every M weights along the input), e.g. 2:4")
+        self.pattern.addItems(["unstructured", "2:4", "4:8", "rows", "columns", "blocks:64x64"])
+        self.pattern.setToolTip("unstructured; N:M (keep N of every M weights along the input), e.g. 2:4; or whole "
+                                "output rows, input columns or HxW blocks (blocks:64x64) at the sparsity set here")
         self.sparsity = QDoubleSpinBox()
         self.sparsity.setRange(0.0, 0.99)
         self.sparsity.setSingleStep(0.05)
@@ -180,7 +183,7 @@ class RunPanel(QGroupBox):
         return {
             "method": method,
             "pattern": pattern,
-            "sparsity": None if pattern != "unstructured" or method == "none" else self.sparsity.value(),
+            "sparsity": None if _sets_sparsity(pattern) or method == "none" else self.sparsity.value(),
             "device": self.device.currentData(),
             "overrides": tuple(self.overrides.toPlainText().splitlines()) if method != "none" else (),
             "ignore": self.ignore.text(),
@@ -230,8 +233,7 @@ class RunPanel(QGroupBox):
         self.quantize.restore_state(state)
 
     def _pattern_changed(self, text: str) -> None:
-        structured = text.strip() not in ("", "unstructured")
-        self.sparsity.setEnabled(not structured and self.method.currentText() != "none")
+        self.sparsity.setEnabled(not _sets_sparsity(text) and self.method.currentText() != "none")
 
     def _method_changed(self, method: str) -> None:
         self.sparsegpt_box.setVisible(method == "sparsegpt")
@@ -314,3 +316,12 @@ def devices() -> list[tuple[str, str]]:
             found.append((f"cuda:{i} {torch.cuda.get_device_name(i)} ({free / 2**30:.1f} of {total / 2**30:.0f} GiB free)",
                           f"cuda:{i}"))
     return found
+
+
+def _sets_sparsity(text: str) -> bool:
+    """Whether the typed pattern fixes the sparsity itself (N:M); text that is no pattern counts as one, so
+    the plan refuses the pattern, not a sparsity."""
+    try:
+        return parse_pattern(text.strip() or "unstructured").sparsity is not None
+    except UserError:
+        return True

@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--method", default="wanda", choices=[*METHODS, "flap"], help="the criterion (flap: --structure only)")
     prune.add_argument("--structure", metavar="mlp=F,heads=G", help="remove fractions of MLP channels and attention heads")
     prune.add_argument("--sparsity", type=float, default=None, help="fraction of weights to remove (default 0.5)")
-    prune.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8 or any N:M (N kept of M)")
+    prune.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8 or any N:M (N kept of M), or whole "
+                       "rows, columns or blocks:HxW (e.g. blocks:64x64) at --sparsity")
     prune.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
     prune.add_argument("--seqlen", type=int, default=None, help="tokens per window (default min(2048, context))")
     prune.add_argument("--seed", type=int, default=0)

@@ -14,6 +14,7 @@ from ..recovery.options import RecoveryOptions
 from .allocation import Allocation, AllocationOptions
 from .methods import METHODS
 from .methods.alps import Options as ALPSOptions
+from .methods.alps import check_pattern as check_alps_pattern
 from .methods.sparsegpt import Options as SparseGPTOptions
 
 
@@ -64,6 +65,8 @@ class PrunePlan:
             )
         if self.pattern.structured and self.overrides:
             raise UserError("per-layer sparsity overrides need the unstructured pattern; use the ignore list to keep layers dense.")
+        if self.method == "alps":
+            check_alps_pattern(self.pattern)
         for glob, value in self.overrides:
             if not 0 <= value < 1:
                 raise UserError(f"override {glob}={value:g}: sparsity must be in [0, 1).")
@@ -85,7 +88,7 @@ class PrunePlan:
 
     def _validate_quantization(self) -> None:
         scheme = self.quantization
-        if self.method == "none" and (scheme is None or self.sparsity or self.pattern.structured):
+        if self.method == "none" and (scheme is None or self.sparsity or self.pattern != UNSTRUCTURED):
             raise UserError("method none prunes nothing: it is for quantizing alone (give a quantization, "
                             "no sparsity and no pattern).")
         if scheme is None:

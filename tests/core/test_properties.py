@@ -108,12 +108,17 @@ def test_sizes_read_back(count, unit):
 
 
 @PARSERS
-@given(st.one_of(typed, st.builds(lambda n, m, s: f"{s}{n}{s}:{s}{m}{s}", digits, digits, st.sampled_from(["", " "]))))
+@given(st.one_of(typed, st.builds(lambda n, m, s: f"{s}{n}{s}:{s}{m}{s}", digits, digits, st.sampled_from(["", " "])),
+                st.builds(lambda h, w, s: f"blocks{s}:{h}{s}x{w}", digits, digits, st.sampled_from(["", " "])),
+                st.sampled_from(["rows", "columns", " rows ", "Rows", "row", "blocks:", "blocks:64"])))
 @example("9" * 5000 + ":1")
-def test_patterns_are_unstructured_or_n_of_m_with_0_lt_n_lt_m(text):
+@example("blocks:" + "9" * 5000 + "x1")
+def test_patterns_are_unstructured_n_of_m_with_0_lt_n_lt_m_or_whole_units(text):
     pattern = only_user_errors(parse_pattern, text)
     if pattern is not None:
-        assert pattern == Pattern() or 0 < pattern.n < pattern.m
+        assert pattern == Pattern() or 0 < pattern.n < pattern.m or pattern.whole_units
+        assert pattern.kind != "blocks" or (pattern.height > 0 and pattern.width > 0)
+        assert parse_pattern(str(pattern)) == pattern
 
 
 @PARSERS
@@ -123,6 +128,14 @@ def test_patterns_read_back_and_mean_n_kept_of_m(nm, in_features):
     pattern = parse_pattern(f"{n}:{m}")
     assert (pattern.n, pattern.m, str(pattern), parse_pattern(str(pattern))) == (n, m, f"{n}:{m}", pattern)
     assert pattern.sparsity == pytest.approx(1 - n / m) and pattern.fits(in_features) == (in_features % m == 0)
+
+
+@PARSERS
+@given(st.integers(1, 10**6), st.integers(1, 10**6), st.integers(1, 4096))
+def test_block_patterns_read_back_and_fit_any_layer(height, width, in_features):
+    pattern = parse_pattern(f"blocks:{height}x{width}")
+    assert (pattern.kind, pattern.height, pattern.width, str(pattern)) == ("blocks", height, width, f"blocks:{height}x{width}")
+    assert parse_pattern(str(pattern)) == pattern and pattern.sparsity is None and pattern.fits(in_features)
 
 
 # --- the user's text files, as arbitrary bytes ---------------------------------------------------------------

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 
 from core.patterns import Pattern, follows_pattern, sparsity_of
-from core.pruning.masks import lowest_k, nm_mask, per_layer_mask, per_row_mask
+from core.pruning.masks import block_mask, lowest_k, nm_mask, per_layer_mask, per_row_mask
 
 MASKS = settings(max_examples=150, deadline=None)
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -133,3 +133,27 @@ def test_follows_pattern_means_at_most_n_nonzeros_in_every_group_of_m(rows, grou
     assert follows_pattern(weight, pattern) == expected
     assert follows_pattern(weight, Pattern())                                  # unstructured: anything goes
     assert sparsity_of(weight) == float((weight == 0).sum()) / weight.numel()
+
+
+@MASKS
+@given(scores(rows=st.integers(1, 12), nan=True), st.integers(1, 9), st.integers(1, 9), st.floats(0, 0.99))
+def test_block_mask_prunes_whole_tiles_of_lowest_mean_within_the_weight_budget(s, height, width, sparsity):
+    """Rows, columns and blocks: whole tiles (partial at the edges), lowest mean first (NaN highest), as many
+    as fit in int(numel × sparsity) weights; with full tiles only, exactly budget // tile size of them."""
+    mask = block_mask(s, height, width, sparsity)
+    assert mask.dtype == torch.bool and mask.shape == s.shape
+    rows, cols = s.shape
+    tiles = [(r, c) for r in range(0, rows, height) for c in range(0, cols, width)]
+    cut = [(mask[r:r + height, c:c + width], s[r:r + height, c:c + width].double()) for r, c in tiles]
+    assert all(bool(m.all()) or not bool(m.any()) for m, _ in cut)
+    budget = int(s.numel() * sparsity)
+    assert int(mask.sum()) <= budget
+    if rows % height == 0 and cols % width == 0:
+        assert int(mask.sum()) == budget // (height * width) * height * width
+    means = [float(t.mean().nan_to_num(nan=np.inf, posinf=np.inf, neginf=-np.inf)) for _, t in cut]
+    pruned = [mean for (m, _), mean in zip(cut, means) if bool(m.all())]
+    kept = [mean for (m, _), mean in zip(cut, means) if not bool(m.any())]
+    if pruned and kept:      # float32 sums against float64 ones: equal up to (tile size) × ε × max |score|
+        finite = s.double()[s.double().isfinite()]
+        slack = 1e-5 * max(1.0, float(finite.abs().max()) if finite.numel() else 0.0)
+        assert max(pruned) <= min(kept) + slack

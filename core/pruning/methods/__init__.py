@@ -14,8 +14,8 @@ __all__ = ["METHODS", "Method", "MethodResult"]
 
 
 METHODS = {
-    "magnitude": Method("magnitude", magnitude.prune, frozenset(), "|W|, per layer (or per N:M group)"),
-    "wanda": Method("wanda", wanda.prune, frozenset({COLUMN_NORMS}), "|W|·‖X_j‖₂, per output row (or per N:M group)"),
+    "magnitude": Method("magnitude", magnitude.prune, frozenset(), "|W|, per layer (or per N:M group, or summed over whole rows, columns or blocks)"),
+    "wanda": Method("wanda", wanda.prune, frozenset({COLUMN_NORMS}), "|W|·‖X_j‖₂, per output row (or per N:M group, or summed over whole units)"),
     "sparsegpt": Method("sparsegpt", sparsegpt.prune, frozenset({HESSIAN}), "OBS with H = 2XᵀX, blocks of 128 columns"),
     "none": Method("none", none.prune, frozenset(), "no pruning: every weight kept (quantize only)"),
     "alps": Method("alps", alps.prune, frozenset({HESSIAN}), "ADMM on ‖XŴ − XW‖² with an ℓ0 or N:M constraint, then a PCG refit"),

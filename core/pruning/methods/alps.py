@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ...errors import UserError
 from ...patterns import Pattern
 from ..masks import nm_mask
 from .base import MethodResult
@@ -53,10 +54,17 @@ class Options:
     ridge: float = 0.01             # ridge added to XᵀX, as a fraction of its mean diagonal
 
 
+def check_pattern(pattern: Pattern) -> None:
+    """ALPS projects onto an ℓ0 or N:M set; whole rows, columns or blocks are not written yet."""
+    if pattern.whole_units:
+        raise UserError(f"pattern {pattern} is not supported yet for ALPS; use magnitude, wanda or sparsegpt.")
+
+
 @torch.no_grad()
 def prune(weight: torch.Tensor, stats, sparsity: float, pattern: Pattern, options: Options | None = None) -> MethodResult:
     # Callers that hand every method the same options object (another method's, or None) get the defaults.
     options = options if isinstance(options, Options) else Options()
+    check_pattern(pattern)
     dense = weight.float()
     if not pattern.structured and sparsity <= 0:
         return MethodResult(dense.clone(), torch.zeros_like(dense, dtype=torch.bool), None, {"iterations": 0})

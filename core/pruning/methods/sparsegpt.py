@@ -5,6 +5,17 @@ Cholesky factorisation and its upper Cholesky factor U. Columns are processed in
 `blocksize`: each block's mask is chosen by w² / U_jj² (adaptive mask selection; for N:M, every M
 columns), every pruned weight's error is spread over the block's remaining columns (OBS update), and
 the block's accumulated error updates all later columns at once (lazy batch update).
+
+Rows, columns and blocks: the mask is chosen once, up front, for the whole layer, by the saliency
+w_ij² / U_jj² (the sweep's own OBS cost of pruning w_ij with the later columns free to compensate)
+summed over each unit (`masks.block_mask`: mean, as many units as fit in the budget), from the weights
+with never-seen inputs zeroed; the sweep then runs with that mask fixed. A global choice, not one per
+block of 128 columns as the unstructured mask: a per-block choice would prune the same share of input
+columns in every 128, where whole columns deserve a layer-wide ranking (a few inputs carry most of the
+activation mass). For columns and blocks the OBS update spreads each pruned weight's error over the
+later columns of its row. For rows it has nothing to work on: the rows of a layer are independent OBS
+problems sharing H, and a row whose weights are all pruned has no weight left to compensate it, so
+rows are picked by their summed saliency and the other rows stay exactly as they were (no update).
 """
 
 from __future__ import annotations
@@ -15,7 +26,7 @@ import torch
 
 from ...patterns import Pattern
 from ...quantization.gptq import ColumnQuantizer
-from ..masks import lowest_k
+from ..masks import lowest_k, unit_mask
 from .base import MethodResult
 
 
@@ -74,6 +85,9 @@ def prune(weight: torch.Tensor, stats, sparsity: float, pattern: Pattern, option
     Wt[dead] = 0                 # columns that never saw a non-zero input: nothing to preserve
     score = dense.pow(2) / U.diagonal().pow(2).reshape(1, -1)
     pruned_t = torch.zeros_like(Wt, dtype=torch.bool)
+    if pattern.whole_units:      # chosen up front; `_prune_block` keeps it
+        saliency = Wt.pow(2).div_(U.diagonal().pow(2).reshape(-1, 1))
+        pruned_t = unit_mask(saliency.t(), pattern, sparsity).t().contiguous()
     columns = Wt.shape[0]
     for i1 in range(0, columns, options.blocksize):
         i2 = min(i1 + options.blocksize, columns)
@@ -118,7 +132,7 @@ def factor(stats, device, dampening: float, max_dampening: float = 1.0, order: t
 def _prune_block(Wt, U, pruned_t, i1, i2, sparsity, pattern: Pattern, update: bool,
                  quantizer: ColumnQuantizer | None = None) -> torch.Tensor:
     """Prune columns i1:i2 (rows i1:i2 of Wt, and of the mask) in place; return the block's scaled errors
-    [columns, rows] for the lazy update.
+    [columns, rows] for the lazy update. Rows, columns and blocks: the mask already in `pruned_t` is kept.
 
     Column i's error is w·[pruned]/U_ii; subtracting error ⊗ U[i, i:] from the block's remaining columns
     is the OBS update, and it also takes column i's pruned weights to zero (they are set exactly after).
@@ -127,7 +141,10 @@ def _prune_block(Wt, U, pruned_t, i1, i2, sparsity, pattern: Pattern, update: bo
     W1 = Wt[i1:i2]
     U1 = U[i1:i2, i1:i2]
     d = U1.diagonal().reshape(-1, 1)
-    if pattern.structured:
+    if pattern.whole_units:
+        pruned = pruned_t[i1:i2].clone()
+        error_scale = pruned.to(W1.dtype).div_(d)
+    elif pattern.structured:
         pruned = torch.zeros_like(W1, dtype=torch.bool)
         error_scale = torch.empty_like(W1)
     else:
