@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(prune)
     prune.add_argument("--calib", nargs="+", required=True, metavar="FILE", help="calibration text files")
     prune.add_argument("--text-field", default="text", help="field or column holding the text in JSON/CSV/Parquet")
-    prune.add_argument("--method", default="wanda", choices=[*METHODS, "flap"], help="the criterion (flap: --structure only)")
+    prune.add_argument("--method", default=None, choices=[*METHODS, "flap"],
+                       help="the criterion (default wanda; with --structure flap, FLAP's fluctuation score)")
     prune.add_argument("--structure", metavar="mlp=F,heads=G", help="remove fractions of MLP channels and attention heads")
     prune.add_argument("--sparsity", type=float, default=None, help="fraction of weights to remove (default 0.5)")
     prune.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8 or any N:M (N kept of M), or whole "
@@ -209,11 +210,13 @@ def _check_files(paths: list[str], what: str) -> None:
 def run_prune(args, job: Job) -> dict:
     if args.structure:
         return run_structure(args, job)
+    if args.method == "flap":
+        raise UserError("flap ranks whole MLP channels and attention heads: use it with --structure mlp=F,heads=G.")
     if args.stream and args.eval:
         raise UserError("--eval loads the whole model, which --stream avoids: drop --eval and run "
                         f"`compression-studio eval {args.out} --data FILE` afterwards.")
     plan = PrunePlan.build(
-        method=args.method, sparsity=args.sparsity, pattern=args.pattern, overrides=tuple(args.override),
+        method=args.method or "wanda", sparsity=args.sparsity, pattern=args.pattern, overrides=tuple(args.override),
         ignore=tuple(args.ignore), device=args.device, batch_size=args.batch_size,
         sparsegpt=Options(blocksize=args.blocksize, dampening=args.dampening, update_weights=not args.no_update),
         alps=ALPSOptions(rho=args.alps_rho, max_iterations=args.alps_iterations, refit_steps=args.alps_refit_steps),

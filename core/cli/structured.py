@@ -40,7 +40,7 @@ def _refuse_combinations(args) -> None:
 
 def run_structure(args, job: Job) -> dict:
     started = time.perf_counter()
-    spec = StructureSpec(**parse_structure(args.structure), criterion=args.method)
+    spec = StructureSpec(**parse_structure(args.structure), criterion=args.method or "flap")
     _refuse_combinations(args)
     if spec.criterion not in CRITERIA:
         raise UserError(f"--method {spec.criterion} cannot rank whole channels: with --structure use "

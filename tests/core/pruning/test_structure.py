@@ -186,13 +186,19 @@ def test_cli_refuses_an_unsupported_family(tmp_path, text_file, capsys):
     assert code == 2 and "not supported yet" in err and not (tmp_path / "out").exists()
 
 
+def test_flap_without_structure_is_refused(folders, text_file, tmp_path, capsys):
+    code, _, err = _cli(["prune", str(folders["llama"]), "--calib", str(text_file), "--method", "flap",
+                         "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and "use it with --structure" in err and not (tmp_path / "out").exists()
+
+
 def test_cli_shrinks_and_writes_a_smaller_folder(folders, text_file, tmp_path, capsys):
     out = tmp_path / "small"
     code, stdout, err = _cli(["prune", str(folders["llama"]), "--calib", str(text_file), "--structure", "mlp=0.25",
-                              "--method", "flap", "--nsamples", "4", "--seqlen", "32", "--eval", str(text_file),
+                              "--nsamples", "4", "--seqlen", "32", "--eval", str(text_file),
                               "--eval-windows", "2", "--out", str(out)], capsys)
     assert code == 0, err
     assert "intermediate 128 -> 96" in stdout and "written to" in stdout
     assert json.loads((out / "config.json").read_text())["intermediate_size"] == 96
     report = json.loads((out / "sparsity.json").read_text())
-    assert report["structure"]["criterion"] == "flap" and report["structure"]["bias_compensation"]["mlp"]
+    assert report["structure"]["criterion"] == "flap"          # the default criterion with --structure and report["structure"]["bias_compensation"]["mlp"]
