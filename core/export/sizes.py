@@ -64,12 +64,7 @@ def planned_export_bytes(loaded, plan, fmt: str, gguf_type: str = "f16") -> int:
 
 
 def _dense_bytes(model) -> int:
-    seen, total = set(), 0
-    for p in model.parameters():          # tied weights once
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel() * p.element_size()
-    return total
+    return sum(p.numel() * p.element_size() for p in model.parameters())   # parameters() yields tied weights once
 
 
 def _compact_bytes(loaded, quantized: dict) -> int | None:

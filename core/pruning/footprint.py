@@ -73,9 +73,8 @@ def estimate(model, layout: Layout, plan: PrunePlan, run: RunShape, streamed: bo
     """The peak resident memory of a run of `plan` on `model` (a meta-device skeleton will do)."""
     element, seqlen, per_store, batch = _sizes(model, plan, run)
     parameters = _unique_parameters(model)
-    block = max(sum(p.numel() for p in b.parameters()) for b in layout.blocks)
-    in_blocks = sum(sum(p.numel() for p in b.parameters()) for b in layout.blocks)
-    weights = (parameters - in_blocks + 2 * block) if streamed else parameters
+    blocks = _block_parameters(layout)
+    weights = (parameters - sum(blocks) + 2 * max(blocks)) if streamed else parameters
     spilled = run.memory_budget is not None and 2 * per_store > run.memory_budget
     activations = 2 * per_store * batch // run.nsamples if spilled else 2 * per_store
     parts = [("runtime", RUNTIME_BYTES), ("weights", weights * element), ("activations", activations),
@@ -95,13 +94,12 @@ def _sizes(model, plan: PrunePlan, run: RunShape) -> tuple[int, int, int, int]:
     return element, seqlen, per_store, min(plan.batch_size or auto_batch_size(seqlen), run.nsamples)
 
 
+def _block_parameters(layout: Layout) -> list[int]:
+    return [sum(p.numel() for p in block.parameters()) for block in layout.blocks]
+
+
 def _unique_parameters(model) -> int:
-    seen, total = set(), 0
-    for p in model.parameters():          # tied weights once
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    return total
+    return sum(p.numel() for p in model.parameters())      # parameters() yields tied weights once
 
 
 def available_memory() -> int | None:
@@ -175,7 +173,7 @@ def check_gpu(model, layout: Layout, plan: PrunePlan, run: RunShape, device: str
     """Refuse a GPU run whose largest block's turn (its weights in `run.dtype` and `working_bytes`) exceeds
     the `free` bytes of `device`."""
     element, _, per_store, batch = _sizes(model, plan, run)
-    block = max(sum(p.numel() for p in b.parameters()) for b in layout.blocks) * element
+    block = max(_block_parameters(layout)) * element
     need = block + working_bytes(layout, per_store, batch / run.nsamples, plan)
     if need > free:
         raise UserError(f"one block's turn needs about {gib(need)} on {device} (its weights {gib(block)}, the rest "
