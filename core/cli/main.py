@@ -15,13 +15,11 @@ from pathlib import Path
 from typing import Iterator
 
 from .. import workbench as wb
-from ..compute import KERNEL_DTYPES, MODEL_DTYPES
+from ..compute import KERNEL_DTYPES
 from ..crashlog import write_crash_log
 from ..errors import UserError
 from ..events import Job
 from ..export.compact import unpack_folder
-from ..export.gguf import GGUF_TYPES
-from ..export.writers import FORMATS
 from ..inputs import parse_bytes, parse_tokens
 from ..kernels.benchmark import BenchOptions
 from ..pruning.methods import METHODS
@@ -29,9 +27,9 @@ from ..pruning.allocation import KINDS as ALLOCATIONS, AllocationOptions
 from ..pruning.methods.alps import Options as ALPSOptions
 from ..pruning.methods.sparsegpt import Options
 from ..pruning.plan import PrunePlan
-from ..quantization.scheme import METHODS as QUANT_METHODS, QuantScheme
 from ..recovery.options import MODES as RECOVERY_MODES, RecoveryOptions
 from ..workbench import CalibrationRequest, EvaluationRequest, ExportRequest, OpenRequest
+from .arguments import model_args, quant_scheme, quantize_args
 from .memory import fit_memory
 from .output import print_human
 from .progress import Progress
@@ -52,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     prune = sub.add_parser("prune", help="prune a model and export it")
-    _model_args(prune)
+    model_args(prune)
     prune.add_argument("--calib", nargs="+", required=True, metavar="FILE", help="calibration text files")
     prune.add_argument("--text-field", default="text", help="field or column holding the text in JSON/CSV/Parquet")
     prune.add_argument("--method", default=None, choices=[*METHODS, "flap"],
@@ -104,12 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--no-memory-check", action="store_true",
                        help="run as asked even where the estimate says it will not fit in memory (by default such a "
                             "run is streamed from disk, or its activations spilled, or it is refused)")
-    _quantize_args(prune, default=None)
+    quantize_args(prune, default=None)
     prune.set_defaults(run=run_prune)
 
     quantize = sub.add_parser("quantize", help="quantize a dense model (GPTQ or round-to-nearest) and export it")
-    _model_args(quantize)
-    _quantize_args(quantize, default="int4")
+    model_args(quantize)
+    quantize_args(quantize, default="int4")
     own = {a.dest for a in quantize._actions}
     for action in prune._actions:      # the run options prune and quantize share, by the same names
         if action.dest in QUANTIZE_SHARES and action.dest not in own:
@@ -118,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.set_defaults(run=run_prune, **{**pruning_only, "method": "none"})
 
     evaluate = sub.add_parser("eval", help="perplexity of a model on a text file")
-    _model_args(evaluate)
+    model_args(evaluate)
     evaluate.add_argument("--data", required=True, metavar="FILE")
     evaluate.add_argument("--text-field", default="text")
     evaluate.add_argument("--seqlen", type=int, default=None, help="tokens per window (default min(2048, context))")
@@ -126,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=run_eval)
 
     inspect = sub.add_parser("inspect", help="list decoder blocks and their prunable linear layers")
-    _model_args(inspect)
+    model_args(inspect)
     inspect.set_defaults(run=run_inspect)
 
     bench = sub.add_parser("bench", help="time 2:4 sparse kernels against dense for the model's linear shapes")
@@ -160,47 +158,6 @@ QUANTIZE_SHARES = {"calib", "text_field", "nsamples", "seqlen", "seed", "ignore"
                    "quant_method", "joint", "format", "gguf_type"}
 
 
-def _quantize_args(parser: argparse.ArgumentParser, default: str | None) -> None:
-    parser.add_argument("--quantize", choices=["int4", "int8"], default=default,
-                        help="quantize the kept weights (after pruning; every pruned zero stays zero)")
-    parser.add_argument("--group-size", type=int, default=None,
-                        help="inputs per scale (default 128, or 64 or 32 where 128 does not divide a layer's "
-                             "inputs; 0: one scale per output channel)")
-    symmetry = parser.add_mutually_exclusive_group()
-    symmetry.add_argument("--symmetric", dest="symmetric", action="store_true", default=True,
-                          help="zero point 0 (the default)")
-    symmetry.add_argument("--asymmetric", dest="symmetric", action="store_false", help="an integer zero point per group")
-    parser.add_argument("--act-order", action="store_true",
-                        help="GPTQ: columns by decreasing Hessian diagonal, scales fitted first (llm-compressor's "
-                             "default; on the demo at int4 g64 it took perplexity 41.5 to 37.4)")
-    parser.add_argument("--quant-method", default="gptq", choices=list(QUANT_METHODS),
-                        help="gptq (error-compensating, the default) or rtn (round to nearest)")
-    parser.add_argument("--joint", action="store_true",
-                        help="with --method sparsegpt: quantize inside SparseGPT's own sweep (one pass)")
-    parser.add_argument("--format", default="auto", choices=list(FORMATS),
-                        help="export format (default: compressed-tensors when quantized, else hf)")
-    parser.add_argument("--gguf-type", default=None, choices=list(GGUF_TYPES),
-                        help="with --format gguf (default: q8_0 for int8, q4_0 for int4, f16 unquantized)")
-
-
-def _quant_scheme(args) -> QuantScheme | None:
-    if args.quantize is None:
-        if args.act_order or args.joint or args.group_size is not None:
-            raise UserError("--group-size, --act-order and --joint set up quantization: add --quantize int4 or int8.")
-        return None
-    return QuantScheme(bits=int(args.quantize[3:]), symmetric=args.symmetric, group_size=args.group_size,
-                       act_order=args.act_order, method=args.quant_method, dampening=args.dampening,
-                       joint=args.joint)
-
-
-def _model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="a model folder, a .gguf file, a cached hub id, or 'demo'")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--dtype", default="float32", choices=list(MODEL_DTYPES))
-    parser.add_argument("--trust-remote-code", action="store_true", help="run the model authors' own code")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout at the end")
-
-
 def _check_files(paths: list[str], what: str) -> None:
     for path in paths:
         if not Path(path).is_file():
@@ -223,7 +180,7 @@ def run_prune(args, job: Job) -> dict:
         allocation=AllocationOptions(args.allocation, args.owl_lambda, args.owl_threshold),
         recovery=RecoveryOptions(args.recover, epochs=args.recover_epochs, steps=args.recover_steps,
                                  learning_rate=args.recover_lr, batch_windows=args.recover_batch),
-        quantization=_quant_scheme(args),
+        quantization=quant_scheme(args),
     )
     if args.compact and args.format not in ("auto", "compact"):
         raise UserError(f"--compact and --format {args.format} ask for two formats: keep one.")

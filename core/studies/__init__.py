@@ -1,0 +1,1 @@
+"""Jobs made of many pruning runs on one model: sensitivity profiles and sparsity sweeps."""
