@@ -1,0 +1,120 @@
+"""Editing an allocation by hand: rebalance against a brute-force search over which blocks sit at a
+bound (the projection's active sets), and the size estimate against counting a pruned model's zeros."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+import torch
+
+from core.errors import UserError
+from core.pruning.allocation_edit import (feasible_range, rebalance, resulting_size, shift_to_mean,
+                                          weighted_mean)
+
+
+def brute_force(sparsities, params, index, value, lo, hi, locked=()):
+    """Among every assignment of the free blocks to {lo, hi, moved}, the one holding the weighted mean with
+    the smallest weighted squared change: enumerate, solve each for the common move, keep the best."""
+    free = [i for i in range(len(sparsities)) if i != index and i not in locked]
+    mean_total = sum(s * w for s, w in zip(sparsities, params))
+    best, best_cost = None, float("inf")
+    for kinds in itertools.product("lhm", repeat=len(free)):
+        out = list(sparsities)
+        out[index] = value
+        for i, k in zip(free, kinds):
+            if k != "m":
+                out[i] = lo if k == "l" else hi
+        moved = [i for i, k in zip(free, kinds) if k == "m"]
+        rest = sum(out[i] * params[i] for i in range(len(out)) if i not in moved)
+        weight = sum(params[i] for i in moved)
+        if moved:
+            t = (mean_total - rest - sum(sparsities[i] * params[i] for i in moved)) / weight
+            for i in moved:
+                out[i] = sparsities[i] + t
+        elif abs(rest - mean_total) > 1e-9 * max(1, mean_total):
+            continue
+        if any(not lo - 1e-12 <= out[i] <= hi + 1e-12 for i in free):
+            continue
+        cost = sum(params[i] * (out[i] - sparsities[i]) ** 2 for i in free)
+        if cost < best_cost - 1e-15:
+            best, best_cost = out, cost
+    return best
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_rebalance_is_the_least_change_that_holds_the_mean(seed):
+    rng = random.Random(seed)
+    blocks = rng.randint(2, 6)
+    params = [rng.choice([100, 250, 1000, 4000]) for _ in range(blocks)]
+    lo, hi = rng.choice([(0.0, 0.99), (0.1, 0.9), (0.3, 0.7)])
+    sparsities = [rng.uniform(lo, hi) for _ in range(blocks)]
+    locked = set(rng.sample(range(blocks), rng.randint(0, blocks - 2)))
+    index = rng.choice([i for i in range(blocks) if i not in locked])
+    low, high = feasible_range(sparsities, params, index, lo, hi, locked)
+    wanted = rng.uniform(lo - 0.1, hi + 0.1)
+    got = rebalance(sparsities, params, index, wanted, lo, hi, locked)
+    expected_value = min(high, max(low, wanted))
+    assert got[index] == pytest.approx(expected_value)
+    assert weighted_mean(got, params) == pytest.approx(weighted_mean(sparsities, params), abs=1e-12)
+    assert all(got[i] == sparsities[i] for i in locked)
+    assert all(lo - 1e-12 <= s <= hi + 1e-12 for s in got)
+    expected = brute_force(sparsities, params, index, expected_value, lo, hi, locked)
+    assert expected is not None
+    assert list(got) == pytest.approx(expected, abs=1e-9)
+
+
+def test_the_feasible_range_is_where_the_others_reach_their_bounds():
+    params, sparsities = [1, 1, 2], [0.5, 0.5, 0.5]
+    low, high = feasible_range(sparsities, params, 0, 0.2, 0.8)
+    # the mean (2.0 weighted) held with blocks 1 and 2 (weight 3) at 0.8: block 0 at 2 - 2.4 < 0.2, so 0.2;
+    # with them at 0.2: 2 - 0.6 = 1.4 > 0.8, so 0.8
+    assert (low, high) == pytest.approx((0.2, 0.8))
+    low, high = feasible_range([0.5, 0.5], [3, 1], 1, 0.4, 0.6)
+    # block 0 (weight 3) within 0.1 of 0.5 makes up 0.3 of block 1's weight 1: block 1 in [0.2, 0.8] ∩ [0.4, 0.6]
+    assert (low, high) == pytest.approx((0.4, 0.6))
+    low, high = feasible_range([0.5, 0.5], [1, 3], 0, 0.4, 0.6)
+    assert (low, high) == pytest.approx((0.4, 0.6))
+    assert feasible_range([0.5, 0.5, 0.5], [1, 1, 1], 0, locked={1, 2}) == (0.5, 0.5)
+
+
+def test_a_drag_moves_the_others_together_and_stops_them_at_the_bounds():
+    got = rebalance([0.5] * 4, [1] * 4, 0, 0.2, 0.0, 0.99)
+    assert got == pytest.approx((0.2, 0.6, 0.6, 0.6))
+    got = rebalance([0.5, 0.5, 0.88, 0.5], [1] * 4, 0, 0.2, 0.0, 0.9)
+    # the common move would be +0.1; block 2 stops at 0.9 after +0.02, blocks 1 and 3 take the rest
+    assert got == pytest.approx((0.2, 0.64, 0.9, 0.64))
+
+
+def test_shift_to_mean_reaches_a_new_target_or_the_nearest_bound():
+    params = [10, 20, 30]
+    got = shift_to_mean([0.3, 0.5, 0.7], params, 0.6)
+    assert weighted_mean(got, params) == pytest.approx(0.6)
+    assert got[1] - got[0] == pytest.approx(0.2) and got[2] - got[1] == pytest.approx(0.2)
+    assert shift_to_mean([0.3, 0.5], [1, 1], 0.95, 0.0, 0.9) == pytest.approx((0.9, 0.9))
+
+
+def test_resulting_size_counts_what_a_pruned_tensor_keeps():
+    torch.manual_seed(0)
+    weights = [torch.randn(32, 48), torch.randn(64, 16)]
+    sparsities = [0.25, 0.75]
+    kept = 0
+    for w, s in zip(weights, sparsities):
+        k = round(w.numel() * s)
+        threshold = w.abs().flatten().kthvalue(k).values
+        kept += int((w.abs() > threshold).sum())
+    size = resulting_size([w.numel() for w in weights], sparsities, other_params=500, bytes_per_weight=2)
+    assert size.kept_params == kept + 500
+    assert size.total_params == sum(w.numel() for w in weights) + 500
+    assert size.dense_bytes == 2 * size.total_params
+    assert size.sparse_bytes == 2 * (kept + 500) + (size.prunable_params + 7) // 8
+
+
+def test_mismatched_lengths_and_bad_bounds_say_what_to_do():
+    with pytest.raises(UserError, match="one per decoder block"):
+        rebalance([0.5, 0.5], [1, 1, 1], 0, 0.3)
+    with pytest.raises(UserError, match="min"):
+        rebalance([0.5, 0.5], [1, 1], 0, 0.3, 0.8, 0.2)
+    with pytest.raises(UserError, match="does not exist"):
+        rebalance([0.5, 0.5], [1, 1], 5, 0.3)
