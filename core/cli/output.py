@@ -57,6 +57,16 @@ def _print_run(result: dict) -> None:
 
 def print_allocation(allocation: dict) -> None:
     patterns = allocation.get("block_patterns")
+    if allocation["kind"] != "owl":      # sensitivity or explicit: no outlier ratios
+        scores = allocation.get("block_sensitivity") or [None] * len(allocation["block_sparsity"])
+        bounds = f" in [{allocation['min_sparsity']:g}, {allocation['max_sparsity']:g}]" \
+            if allocation.get("min_sparsity") is not None else ""
+        print(f"allocation {allocation['kind']}{bounds}:")
+        print("  block  sensitivity  sparsity" + ("  pattern" if patterns else ""))
+        for i, (score, sparsity) in enumerate(zip(scores, allocation["block_sparsity"])):
+            shown = f"{score:>11.4g}" if score is not None else f"{'':>11}"
+            print(f"  {i:>5}  {shown}  {sparsity:>8.1%}" + (f"  {patterns[i]:>7}" if patterns else ""))
+        return
     print(f"allocation {allocation['kind']} (λ {allocation['owl_lambda']:g}, outliers above "
           f"{allocation['owl_threshold']:g}× the block mean):")
     print("  block  outliers  sparsity" + ("  pattern" if patterns else ""))

@@ -178,6 +178,10 @@ def prune_blocks(
             ratios = survey_outliers(source, calib, plan, placements, budget, batch_size, compute, job)
             plan = replace(plan, blocks=allocation.owl(ratios, plan.sparsity, plan.pattern, plan.allocation))
             job.emit(AllocationChosen(plan.blocks))
+        elif plan.allocation.kind in allocation.PRESET and plan.blocks is None:
+            block_params = [sum(info.parameters for info in block.linears) for block in layout.inventory]
+            plan = replace(plan, blocks=allocation.preset(plan.allocation, block_params, plan.sparsity, plan.pattern))
+            job.emit(AllocationChosen(plan.blocks))
         inputs, raw_calls = capture(source, calib, placements, budget, batch_size, job)
         dense_inputs = inputs if recovering else None   # the dense model's inputs to the current block
         sizes = [len(chunk) for chunk in batches(calib.input_ids, batch_size)]   # windows per batch
