@@ -33,9 +33,10 @@ def weights_sha256(loaded) -> str | None:
     return digest.hexdigest()
 
 
-def build_report(loaded, result=None, calib=None, ppl_dense=None, ppl=None, durations: dict | None = None) -> dict:
+def build_report(loaded, result=None, calib=None, ppl_dense=None, ppl=None, durations: dict | None = None,
+                 zero_shot: dict | None = None) -> dict:
     """`loaded` a `LoadedModel`, `result` a `PruneResult`, `calib` a `CalibrationSet`, perplexities as
-    `core.evaluation.perplexity.Perplexity` records; any of them may be missing."""
+    `core.evaluation.perplexity.Perplexity` records, `zero_shot` a `ZeroShot.describe()`; any of them may be missing."""
     import transformers
 
     dtype = next(loaded.model.parameters()).dtype
@@ -50,6 +51,7 @@ def build_report(loaded, result=None, calib=None, ppl_dense=None, ppl=None, dura
         "pruning": result.describe() if result is not None else None,
         "calibration": calib.describe() if calib is not None else None,
         "perplexity": {"dense": _ppl_dict(ppl_dense), "pruned": _ppl_dict(ppl)},
+        "zero_shot": zero_shot,          # per task: dense and pruned acc/acc_norm, % of dense retained
         "durations_seconds": durations or {},
         "storage": DENSE_STORAGE,
     }
