@@ -16,6 +16,8 @@ DENSE = (160, 166, 176)
 ACHIEVED = (20, 24, 32)
 MARK = 0.008             # the achieved strip's thickness, in sparsity
 OUTLIERS = (230, 120, 30)
+WHY = {"owl": "; more outliers, fewer weights pruned", "sensitivity": "; more sensitive, fewer weights pruned",
+       "explicit": ", as set in the Edit allocation tab"}
 EMPTY_HINT = "Choose the OWL allocation in Prune to spread the sparsity over the blocks by their outliers"
 
 
@@ -80,6 +82,9 @@ class AllocationChart(QWidget):
         """A run starts: OWL's bars come once the outliers are surveyed; a uniform run's at once."""
         if plan.allocation.kind == "uniform":
             self.show_uniform(plan.sparsity)
+        elif plan.allocation.kind != "owl":          # explicit or from a profile: chosen without a pass
+            self.clear(f"{plan.allocation.kind} allocation: choosing each block's sparsity…")
+            self.target = plan.sparsity
         else:
             self.clear(f"{plan.allocation.kind.upper()}: surveying the dense model's outliers, block by block…")
             self.target = plan.sparsity
@@ -95,7 +100,7 @@ class AllocationChart(QWidget):
         lam = allocation.options.get("owl_lambda")
         self.hover.setText(f"{allocation.kind.upper() if allocation.kind == 'owl' else allocation.kind}"
                            f"{f' (λ {lam:g})' if lam is not None else ''}: blocks from {low:.1%} to {high:.1%}, "
-                           f"mean {allocation.mean:.1%}; more outliers, fewer weights pruned. Hover a bar for its block.")
+                           f"mean {allocation.mean:.1%}{WHY.get(allocation.kind, '')}. Hover a bar for its block.")
 
     def show_uniform(self, target: float) -> None:
         from core.pruning.allocation import Allocation

@@ -187,11 +187,17 @@ class AllocationEditor(QWidget):
             self.owl = tuple(float(s) for s in sparsities)
             self._update_presets()
 
-    def set_profile_allocation(self, sparsities, apply: bool = True) -> None:
-        """The sensitivity allocation of a profile: the 'From profile' preset, applied at once unless told."""
+    def set_profile_allocation(self, sparsities, bounds: tuple[float, float] | None = None, apply: bool = True) -> None:
+        """The sensitivity allocation of a profile (made within `bounds`, which become the editor's): the
+        'From profile' preset, applied at once unless told."""
         if len(sparsities) != len(self.params):
             return
         self.profile = tuple(float(s) for s in sparsities)
+        if bounds is not None:
+            for box, value in zip((self.lo, self.hi), bounds):
+                box.blockSignals(True)
+                box.setValue(value)
+                box.blockSignals(False)
         self._update_presets()
         if apply:
             self.apply_preset("profile")

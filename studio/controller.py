@@ -17,8 +17,10 @@ from core.export.gguf import GGUF_TYPES
 from core.export.sizes import format_sizes
 from core.patterns import is_two_four
 from core.kernels.benchmark import BenchOptions
+from core.kernels.memory import with_vram
 from core.kernels.results import KernelMeasured, MemorySampled
 from core.pruning.plan import PrunePlan
+from core.studies.sensitivity import run_profile
 
 from .worker import Worker
 
@@ -53,6 +55,8 @@ class Controller(QObject):
     bench_memory = Signal(object)             # MemorySample
     bench_finished = Signal(object)           # BenchReport, or None when stopped
     job_cancelled = Signal(str)               # the name of an engine job stopped before it finished
+    profile_finished = Signal(object)         # core.studies.profile_file.Profile (UnitProfiled come as progress)
+    profile_stopped = Signal(bool)            # True: cancelled, False: failed; either way the model is dense
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
@@ -60,7 +64,7 @@ class Controller(QObject):
         self.engine = Worker("engine", self, nice=ENGINE_NICE)
         self.views = Worker("views", self)
         self.engine.busy_changed.connect(self.busy_changed)
-        self._run = self._bench = None
+        self._run = self._bench = self._profile = None
         self._views = {}
 
     @property
@@ -69,7 +73,8 @@ class Controller(QObject):
 
     @property
     def running(self) -> bool:
-        return self._run is not None
+        """A run or a profile is going (both change the weights while they work)."""
+        return self._run is not None or self._profile is not None
 
     @property
     def can_export_compact(self) -> bool:
@@ -147,6 +152,7 @@ class Controller(QObject):
         self.run_started.emit(plan)
 
         def run(job):
+            job = with_vram(job)         # live VRAM in the progress panel on CUDA; the same job on the CPU
             wb.calibrate(self.bench, request, job)
             return wb.prune(self.bench, plan, job)
 
@@ -184,6 +190,42 @@ class Controller(QObject):
     def cancel_run(self) -> None:
         if self._run is not None:
             self._run.cancel.cancel()
+
+    def start_profile(self, request, calibration: wb.CalibrationRequest) -> bool:
+        """One job: the calibration (if it changed), then the sensitivity profile; each finished unit comes
+        as a `UnitProfiled` through `progress`. The engine leaves the model dense, finished or not."""
+        if self.running:
+            self.error.emit("A run is going: wait for it or cancel it before profiling.")
+            return False
+        try:
+            self.bench.need_model()
+            request.plan()
+        except UserError as exc:
+            self.error.emit(str(exc))
+            return False
+
+        def profile(job):
+            wb.calibrate(self.bench, calibration, job)
+            return run_profile(self.bench, request, job)
+
+        def ended(outcome) -> None:
+            self._profile = None
+            if isinstance(outcome, bool):
+                self.profile_stopped.emit(outcome)
+            else:
+                self.profile_finished.emit(outcome)
+
+        def failed(message: str, user_error: bool = True) -> None:
+            ended(False)
+            self._fail(message, user_error)
+
+        self._profile = self._submit("profile", profile, ended, on_event=self._on_event, on_error=failed,
+                                     on_cancelled=lambda: ended(True))
+        return True
+
+    def cancel_profile(self) -> None:
+        if self._profile is not None:
+            self._profile.cancel.cancel()
 
     def evaluate(self, request: wb.EvaluationRequest) -> None:
         self._submit("evaluation", lambda job: wb.evaluate(self.bench, request, job),

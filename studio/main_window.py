@@ -5,6 +5,7 @@ log at the bottom. It wires widgets to the controller; it holds no pruning logic
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Slot
@@ -13,8 +14,11 @@ from PySide6.QtWidgets import (QDialog, QDockWidget, QMainWindow, QScrollArea, Q
                                QTabWidget, QVBoxLayout, QWidget)
 
 from core.data.texts import PLAIN, TABULAR
+from core.errors import UserError
+from core.studies.profile_file import load_profile, model_identity, save_profile
 
 from .allocation_chart import AllocationChart
+from .allocation_editor import AllocationEditor
 from .bench_panel import BenchPanel
 from .calibration_panel import CalibrationPanel
 from .controller import Controller
@@ -27,6 +31,7 @@ from .mask_heatmap import MaskHeatmap
 from .message_bar import MessageBar
 from .model_panel import ModelPanel
 from .overview_chart import OverviewChart
+from .profile_panel import ProfilePanel
 from .progress_panel import ProgressPanel
 from .recovery_chart import RecoveryChart
 from .run_panel import RunPanel
@@ -44,6 +49,7 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)
         self.controller = Controller(self)
         self.selected_layer: str | None = None
+        self._profile_replaced_run = False              # a profile started with a run applied (it undoes it)
         self._pending_results: list = []                 # (LayerResult, LayerView) not drawn yet
         self._refresh = QTimer(self, interval=REFRESH_MS, singleShot=True)
         self._refresh.timeout.connect(self._draw_pending_results)
@@ -64,6 +70,8 @@ class MainWindow(QMainWindow):
         self.heatmap = MaskHeatmap()
         self.overview = OverviewChart()
         self.allocation = AllocationChart()
+        self.allocation_editor = AllocationEditor()
+        self.profile_panel = ProfilePanel()
         self.recovery = RecoveryChart()
         self.history = HistoryTable()
         self.progress_panel = ProgressPanel()
@@ -83,6 +91,8 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(layer_page, "Layer")
         self.tabs.addTab(self.overview, "Model overview")
         self.tabs.addTab(self.allocation, "Allocation")
+        self.tabs.addTab(self.profile_panel, "Sensitivity")
+        self.tabs.addTab(self.allocation_editor, "Edit allocation")
         self.tabs.addTab(self.recovery, "Recovery")
         self.tabs.addTab(self.history, "Runs")
         self.tabs.addTab(self.bench, "Benchmark")
@@ -140,6 +150,17 @@ class MainWindow(QMainWindow):
         self.calibration_panel.load_requested.connect(self.load_calibration)
         self.run_panel.run_requested.connect(self.start_run)
         self.run_panel.cancel_requested.connect(c.cancel_run)
+        self.allocation_editor.edited.connect(self.run_panel.set_explicit)
+        self.allocation_editor.set_target(self.run_panel.sparsity.value())
+        self.run_panel.sparsity.valueChanged.connect(self._target_changed)
+        self.profile_panel.start_requested.connect(self.start_profile)
+        self.profile_panel.cancel_requested.connect(c.cancel_profile)
+        self.profile_panel.use_requested.connect(self._use_profile)
+        self.profile_panel.save_requested.connect(self._save_profile)
+        self.profile_panel.load_requested.connect(self._load_profile)
+        c.progress.connect(self.profile_panel.on_event)
+        c.profile_finished.connect(self._profile_finished)
+        c.profile_stopped.connect(self._profile_stopped)
         self.evaluate_panel.evaluate_requested.connect(self.evaluate)
         self.model_panel.restore_requested.connect(c.restore_dense)
         self.heatmap.tile_wanted.connect(c.request_tile)
@@ -187,6 +208,61 @@ class MainWindow(QMainWindow):
         self.message_bar.hide()
         self.settings.setValue("run/last", self.run_panel.state())
         self.controller.start_run(self.run_panel.plan_options(), self.calibration_panel.choice())
+
+    @Slot(object)
+    def start_profile(self, request) -> None:
+        self.message_bar.hide()
+        if not request.fast and not request.eval_path and self.evaluate_panel.path.text().strip():
+            request = replace(request, eval_path=self.evaluate_panel.path.text().strip())   # the Evaluate panel's
+        self._profile_replaced_run = self.controller.bench.applied is not None
+        if self.controller.start_profile(request, self.calibration_panel.choice()):
+            self.profile_panel.begin(request)
+            self.run_panel.run_button.setEnabled(False)
+            self.progress_panel.begin(f"sensitivity profile: {request.method} by {request.unit}")
+
+    @Slot(object)
+    def _profile_finished(self, profile) -> None:
+        self.profile_panel.finish(profile)
+        self._profile_ended(f"done: profile of {len(profile.entries)} units; the model is dense again")
+
+    @Slot(bool)
+    def _profile_stopped(self, cancelled: bool) -> None:
+        self.profile_panel.stopped(cancelled)
+        self._profile_ended("cancelled: the model is dense again" if cancelled else "profile failed")
+
+    def _profile_ended(self, text: str) -> None:
+        self.run_panel.run_button.setEnabled(True)
+        if self.progress_panel.started is not None:
+            self.progress_panel.end(text)
+        if self._profile_replaced_run and self.controller.bench.applied is None:
+            self._weights_restored()           # a profile starts from the dense weights: the run shown is gone
+
+    @Slot()
+    def _use_profile(self) -> None:
+        editor = self.allocation_editor
+        try:
+            values = self.profile_panel.allocation_for(editor.params, self.run_panel.sparsity.value())
+        except UserError as exc:
+            return self.show_error(str(exc))
+        editor.set_profile_allocation(values, (self.profile_panel.lo.value(), self.profile_panel.hi.value()))
+        self.tabs.setCurrentWidget(editor)
+
+    @Slot(str)
+    def _save_profile(self, path: str) -> None:
+        try:
+            save_profile(self.profile_panel.profile, path)
+        except (UserError, OSError) as exc:
+            return self.show_error(str(exc))
+        self.progress_panel.write(f"profile saved to {path}")
+
+    @Slot(str)
+    def _load_profile(self, path: str) -> None:
+        loaded = self.controller.loaded
+        try:
+            profile = load_profile(path, model_identity(loaded) if loaded is not None else None)
+        except UserError as exc:
+            return self.show_error(str(exc))
+        self.profile_panel.finish(profile)
 
     @Slot(object)
     def load_calibration(self, choice) -> None:
@@ -252,6 +328,7 @@ class MainWindow(QMainWindow):
         blocks = [b.index for b in loaded.layout.inventory for _ in b.linears]
         self.overview.set_layers(names, blocks)
         self.allocation.set_blocks(len(loaded.layout.inventory))
+        self._edit_allocation_of(loaded)
         self.recovery.set_blocks(len(loaded.layout.inventory))
         self.history.clear()
         self.histograms.clear()
@@ -304,6 +381,24 @@ class MainWindow(QMainWindow):
     @Slot(object)
     def _allocation_chosen(self, allocation) -> None:
         self.allocation.show_allocation(allocation, self.allocation.target)   # the target begin() kept
+        if allocation.kind == "owl" and allocation.patterns is None:
+            self.allocation_editor.set_owl(allocation.sparsity)                 # the editor's OWL preset
+
+    def _edit_allocation_of(self, loaded) -> None:
+        """The Edit allocation tab starts uniform on a newly opened model (edits of another model are gone)."""
+        params = [sum(l.out_features * l.in_features for l in b.linears) for b in loaded.layout.inventory]
+        first = next(loaded.model.parameters())
+        total = sum(p.numel() for p in loaded.model.parameters())
+        self.allocation_editor.set_model(params, max(0, total - sum(params)), first.element_size())
+        self.run_panel.set_explicit(self.allocation_editor.sparsities, choose=False)
+        if self.run_panel.allocation.currentData() == "explicit":
+            self.run_panel.allocation.setCurrentIndex(self.run_panel.allocation.findData("uniform"))
+
+    @Slot(float)
+    def _target_changed(self, target: float) -> None:
+        self.allocation_editor.set_target(target)
+        if self.allocation_editor.params:        # the bars moved to the new average: Run uses them as they are
+            self.run_panel.set_explicit(self.allocation_editor.sparsities, choose=False)
 
     @Slot(object)
     def _run_finished(self, record) -> None:
@@ -459,7 +554,7 @@ def run_title(plan) -> str:
         scheme = plan.quantization
         title += f"{' +' if plan.method != 'none' else ''} {scheme.name} {'GPTQ' if scheme.method == 'gptq' else 'RTN'}"
     if plan.allocation.kind != "uniform":
-        title += f", {plan.allocation.kind.upper()} allocation"
+        title += f", {'edited' if plan.allocation.kind == 'explicit' else plan.allocation.kind.upper()} allocation"
     if plan.recovery.enabled:
         title += f", {'end-to-end' if plan.recovery.mode == 'e2e' else plan.recovery.mode} recovery"
     return title

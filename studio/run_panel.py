@@ -27,13 +27,15 @@ from core.recovery.options import RecoveryOptions
 from .combo import choice_combo
 from .quantize_options import QuantizeOptions
 
-ALLOCATIONS = [("uniform", "uniform"), ("OWL (outlier-weighted)", "owl")]
+ALLOCATIONS = [("uniform", "uniform"), ("OWL (outlier-weighted)", "owl"), ("edited (Edit allocation tab)", "explicit")]
 RECOVERIES = [("none", "none"), ("blockwise", "blockwise"), ("end-to-end", "e2e")]
 
 ALLOCATION_TIP = ("How the target sparsity is spread over the decoder blocks.\n"
                   "uniform: every block at the target.\n"
                   "OWL: blocks with more outlier weights (Wanda scores above M × the block's mean, measured on the "
-                  "dense model) keep more of their weights; the mean over blocks stays the target.")
+                  "dense model) keep more of their weights; the mean over blocks stays the target.\n"
+                  "edited: the per-block sparsity set in the Edit allocation tab (dragged, typed, or from OWL or a "
+                  "sensitivity profile), used as it is.")
 RECOVERY_TIP = ("Train the kept weights after pruning; pruned weights stay exactly zero.\n"
                 "blockwise: right after each block is pruned, its outputs are fitted to the dense block's "
                 "(one block in memory at a time).\n"
@@ -144,6 +146,7 @@ class RunPanel(QGroupBox):
 
     def _build_allocation_and_recovery(self) -> None:
         self.allocation = choice_combo(ALLOCATIONS, ALLOCATION_TIP)
+        self.explicit_sparsities: tuple[float, ...] = ()     # the Edit allocation tab's bars, one per block
         self.owl_lambda = QDoubleSpinBox()
         self.owl_lambda.setDecimals(3)
         self.owl_lambda.setRange(0.0, 0.5)
@@ -190,13 +193,23 @@ class RunPanel(QGroupBox):
             "sparsegpt": Options(self.blocksize.value(), self.dampening.value(), self.update_weights.isChecked()),
             "alps": replace(ALPSOptions(), rho=self.alps_rho.value(), max_iterations=self.alps_iterations.value(),
                             refit_steps=self.alps_refit.value()),
-            "allocation": replace(AllocationOptions(), owl_lambda=self.owl_lambda.value(),
-                                  kind="uniform" if method == "none" else self.allocation.currentData()),
+            "allocation": self._allocation_options(method),
             "recovery": replace(RecoveryOptions(), mode=self.recovery.currentData(),
                                 epochs=self.recovery_epochs.value(), learning_rate=self.recovery_lr.value()),
             # GPTQ shares SparseGPT's dampening, as on the command line (and then reuses its factor)
             "quantization": self.quantize.scheme(self.dampening.value() if method == "sparsegpt" else None),
         }
+
+    def _allocation_options(self, method: str) -> AllocationOptions:
+        kind = "uniform" if method == "none" else self.allocation.currentData()
+        explicit = tuple(self.explicit_sparsities) if kind == "explicit" else ()
+        return replace(AllocationOptions(), owl_lambda=self.owl_lambda.value(), kind=kind, sparsities=explicit)
+
+    def set_explicit(self, sparsities, choose: bool = True) -> None:
+        """The per-block sparsities edited in the Edit allocation tab; `choose`: make them the allocation."""
+        self.explicit_sparsities = tuple(float(s) for s in sparsities)
+        if choose:
+            _choose(self.allocation, "explicit")
 
     def set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)
@@ -225,7 +238,8 @@ class RunPanel(QGroupBox):
         self.alps_rho.setValue(float(state.get("alps_rho", ALPSOptions.rho)))
         self.alps_iterations.setValue(int(state.get("alps_iterations", ALPSOptions.max_iterations)))
         self.alps_refit.setValue(int(state.get("alps_refit_steps", ALPSOptions.refit_steps)))
-        _choose(self.allocation, state.get("allocation", "uniform"))
+        allocation = str(state.get("allocation", "uniform"))
+        _choose(self.allocation, "uniform" if allocation == "explicit" else allocation)   # edits are not kept
         self.owl_lambda.setValue(float(state.get("owl_lambda", AllocationOptions.owl_lambda)))
         _choose(self.recovery, state.get("recovery", "none"))
         self.recovery_epochs.setValue(float(state.get("recovery_epochs", RecoveryOptions.epochs)))
