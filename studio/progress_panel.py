@@ -11,6 +11,7 @@ from PySide6.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar,
 
 from core.events import (AllocationChosen, BlockRecovered, BlockStarted, Finished, LayerPruned, Message, Phase,
                          RecoveryStep, eta_seconds)
+from core.kernels.results import MemorySampled
 
 # How the engine's step names read in the bar and the label; any other name shows as it is.
 PHASE_NAMES = {"recover": "recovering", "survey outliers": "surveying outliers (OWL)", "quantize": "quantizing"}
@@ -52,13 +53,14 @@ class ProgressPanel(QWidget):
         self.recovering = None            # (block, started, steps done at start, step, total, loss) of a recovery
         self.quantizing = None            # (layers done, layers) of the current block's quantization
         self._recovery_start = None       # when the current "recover" phase began
+        self.vram = None                  # (allocated, reserved) bytes of the latest VRAM sample (CUDA runs only)
         self._ticker = QTimer(self, interval=500)
         self._ticker.timeout.connect(self._refresh_label)
 
     def begin(self, title: str) -> None:
         self.started = time.perf_counter()
         self.blocks_done, self.blocks_total, self.layer, self.step, self.recovering = 0, 0, "", None, None
-        self.quantizing = None
+        self.quantizing, self.vram = None, None
         self.bar.setRange(0, 0)
         self.bar.setFormat(title)
         self.write(title)
@@ -75,7 +77,10 @@ class ProgressPanel(QWidget):
         self.write(text)
 
     def on_event(self, event) -> None:
-        if isinstance(event, BlockStarted):
+        if isinstance(event, MemorySampled):
+            if event.sample.allocated_bytes is not None:
+                self.vram = (event.sample.allocated_bytes, event.sample.reserved_bytes)
+        elif isinstance(event, BlockStarted):
             self.blocks_done, self.blocks_total = event.index, event.total
             self.step, self.recovering, self.quantizing = None, None, None   # what came before is over
             self.bar.setRange(0, event.total)
@@ -178,7 +183,14 @@ class ProgressPanel(QWidget):
             text += f"   ·  {self._recovery_text()}"
         elif self.layer:
             text += f"   ·  {phase_name('quantize') + ' ' if self.quantizing is not None else ''}{self.layer}"
+        if self.vram is not None:
+            text += f"   ·  {vram_text(*self.vram)}"
         self.label.setText(text)
+
+
+def vram_text(allocated: int, reserved: int | None) -> str:
+    text = f"VRAM {allocated / 2**30:.2f} GiB allocated"
+    return text + (f", {reserved / 2**30:.2f} GiB reserved" if reserved is not None else "")
 
 
 def _recovered_text(event: BlockRecovered) -> str:

@@ -33,9 +33,11 @@ from ..inputs import parse_tokens
 from ..models.architectures import weight_matrix
 from . import sparse_rules as rules
 from .cases import cpu_cases, cuda_cases, distinct_shapes
+from .direct_cases import direct_backends, direct_cases
 from .end_to_end import end_to_end
 from .memory import MemorySampler
-from .results import CPU_NOTE, DENSE, INT8_DENSE, BenchReport, EndToEndMeasured, KernelMeasured, KernelResult
+from .results import (CPU_NOTE, DENSE, FP8_DENSE, INT8_DENSE, BenchReport, EndToEndMeasured, KernelMeasured,
+                      KernelResult, cost_per_million)
 
 DEFAULT_TOKENS = (1, 16, 128, 512, 2048, 8192)
 
@@ -56,6 +58,9 @@ class BenchOptions:
     new_tokens: int = 32
     sample_interval_s: float = 0.05
     seed: int = 0
+    direct: bool = True             # CUDA: cuSPARSELt called directly with its searched plan (issue 14)
+    fp8: bool = True                # CUDA: dense fp8 row-wise, fp8 + 2:4 (cuSPARSELt, torchao)
+    gpu_price: float = 0.0          # $ per GPU-hour: end-to-end rows get a cost per million tokens
 
     @classmethod
     def from_choices(cls, *, tokens: str, **choices) -> "BenchOptions":
@@ -67,6 +72,8 @@ class BenchOptions:
             raise UserError(f"benchmark dtype {self.dtype!r}: choose fp16 or bf16.")
         if not self.tokens or any(t < 1 for t in self.tokens):
             raise UserError("token counts must be positive integers, e.g. --tokens 1,16,128.")
+        if self.gpu_price < 0:
+            raise UserError("--gpu-price is dollars per GPU-hour: give a positive number, e.g. 3.5.")
         if self.prompt_tokens < 1 or self.new_tokens < 2:
             raise UserError("end to end needs a prompt of at least 1 token and at least 2 new tokens.")
         resolve_device(self.device)
@@ -98,6 +105,7 @@ def run_benchmark(loaded, options: BenchOptions | None = None, job: Job | None =
                 job.check()
                 job.phase("benchmark", i, total, detail)
                 result = measure()
+                _label(result, report)
                 _fill_speedup(result, report.kernels)
                 report.kernels.append(result)
                 job.emit(KernelMeasured(result))
@@ -106,6 +114,8 @@ def run_benchmark(loaded, options: BenchOptions | None = None, job: Job | None =
                 job.check()
                 job.phase("benchmark", count, total, "end to end")
                 for result in end_to_end(loaded, options, device, capability, backends, report.notes, job):
+                    result.gpu, result.torch_version, result.model = report.device_name, torch.__version__, loaded.name
+                    result.cost_per_million = cost_per_million(result.tokens_per_s, options.gpu_price)
                     report.end_to_end.append(result)
                     job.emit(EndToEndMeasured(result))
                     sampler.drain(job.emit)
@@ -126,7 +136,8 @@ def _cases_per_group(device, options, usable) -> int:
     if device.type != "cuda":
         return 3                                        # dense, masked dense, CSR
     dtypes = 1 + (1 if options.int8 and usable else 0)
-    return dtypes * (1 + len(rules.BACKENDS))           # dense + every backend (run or skipped with a reason)
+    direct = len(direct_backends(options)) if options.direct else 0
+    return dtypes * (1 + len(rules.BACKENDS)) + direct  # dense + every backend (run or skipped with a reason)
 
 
 def _kernel_cases(shapes, options, device, capability, backends):
@@ -142,12 +153,29 @@ def _kernel_cases(shapes, options, device, capability, backends):
             for dtype in dtypes:
                 for measure in cuda_cases(shape, count, weight, tokens, dtype, backends, capability, options, device):
                     yield f"{detail}, {rules.dtype_name(dtype)}", measure
+            if options.direct:
+                gpu = torch.cuda.get_device_name(device)
+                for measure in direct_cases(shape, count, weight, tokens, dtypes[0], capability, options, device, gpu):
+                    yield f"{detail}, direct", measure
+
+
+# What "checked correct" means for the rows that do not set it themselves: rel. error against float64.
+TOLERANCES = {"fp32": 1e-5, "fp16": 1e-2, "bf16": 1e-2, "int8": 1e-6}
+
+
+def _label(result: KernelResult, report: BenchReport) -> None:
+    """Every row says the GPU, the torch, and whether its result was checked against the reference."""
+    result.gpu = result.gpu or report.device_name
+    result.torch_version = result.torch_version or report.torch_version
+    if result.checked is None and result.rel_error is not None and result.dtype in TOLERANCES:
+        result.tolerance = TOLERANCES[result.dtype]
+        result.checked = result.rel_error <= result.tolerance
 
 
 def _fill_speedup(result: KernelResult, done: list[KernelResult]) -> None:
     if result.status != "ok":
         return
-    baseline = DENSE if result.dtype != "int8" else INT8_DENSE
+    baseline = {"int8": INT8_DENSE, "fp8": FP8_DENSE}.get(result.dtype, DENSE)
     for other in done:
         if (other.backend == baseline and other.status == "ok" and other.shape == result.shape
                 and other.tokens == result.tokens and other.dtype == result.dtype):

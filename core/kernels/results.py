@@ -11,6 +11,8 @@ from ..events import Event
 
 CPU_NOTE = "CPU: no sparse tensor cores, no speedup expected"
 DENSE, MASKED, CSR, INT8_DENSE = "dense", "masked-dense", "csr", "dense-int8"
+# Issue 14's paths: cuSPARSELt called directly with a searched plan, row-wise fp8 dense, fp8 + 2:4.
+CSLT_DIRECT, FP8_DENSE, FP8_CSLT, FP8_TORCHAO = "cusparselt-direct", "dense-fp8", "cusparselt-fp8", "torchao-fp8-24"
 
 
 @dataclass
@@ -32,6 +34,14 @@ class KernelResult:
     peak_bytes: int | None = None   # CUDA: peak allocated during the measurement
     expected_gain: bool | None = None
     expectation: str = ""
+    gpu: str = ""                   # the device's name ("CPU" without CUDA)
+    torch_version: str = ""
+    checked: bool | None = None     # rel_error within `tolerance` of the reference product (None: not run)
+    tolerance: float | None = None
+    host_ms: float | None = None    # wall clock per call of launches without a sync (the CPU's share)
+    kernel_ms: float | None = None  # the GPU's time alone: the calls replayed from a CUDA graph
+    limited_by: str = ""            # "host" when host_ms exceeds the kernel's median, else "kernel"
+    plan: str = ""                  # cuSPARSELt: the algorithm id and split-k the search chose
 
 
 @dataclass
@@ -50,6 +60,16 @@ class EndToEndResult:
     weight_bytes: int | None = None        # the prunable linear weights as stored
     converted_layers: int = 0
     total_layers: int = 0
+    gpu: str = ""
+    torch_version: str = ""
+    model: str = ""                        # which architecture (demo, 8B-shaped blocks)
+    phase: str = "generate"                # generate (prompt then new tokens) | prefill | decode
+    batch: int = 1
+    graphed: bool = False                  # decode step captured in a CUDA graph and replayed
+    checked: bool | None = None            # rel_error within tolerance (None: nothing to compare with)
+    rel_error: float | None = None         # first decode logits against dense bf16's (graphed: eager's)
+    tolerance: float | None = None
+    cost_per_million: float | None = None  # $ per million tokens at the user's $/GPU-hour
 
 
 @dataclass
@@ -138,6 +158,13 @@ class BenchReport:
                              f"{_num(r.ttft_ms)} | {_num(r.itl_ms)} | {_num(r.tokens_per_s, 1)} | {_mib(r.peak_bytes)} | "
                              f"{_mib(r.weight_bytes)} | {r.converted_layers}/{r.total_layers} |")
         return "\n".join(lines) + "\n"
+
+
+def cost_per_million(tokens_per_s: float | None, gpu_price_per_hour: float) -> float | None:
+    """Dollars per million tokens at `gpu_price_per_hour` (0: no price set)."""
+    if not tokens_per_s or gpu_price_per_hour <= 0:
+        return None
+    return gpu_price_per_hour / 3600 / tokens_per_s * 1e6
 
 
 def _short(expectation: str) -> str:

@@ -72,3 +72,44 @@ def rotation_count(set_bytes: int, device: torch.device, options) -> int:
         return 2
     target = options.rotate_bytes or 3 * getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 64 << 20)
     return max(2, min(256, math.ceil(target / max(set_bytes, 1)), (2 << 30) // max(set_bytes, 1)))
+
+
+def host_ms(fn, inputs, calls: int = 50) -> float:
+    """The CPU's cost per call: wall clock around `calls` launches with no sync between them (the GPU
+    queue absorbs the work), after a sync so nothing earlier is counted. Above the kernel's time, the
+    host, not the GPU, limits the rate."""
+    torch.cuda.synchronize()
+    tic = time.perf_counter()
+    for i in range(calls):
+        fn(inputs[i % len(inputs)])
+    elapsed = time.perf_counter() - tic
+    torch.cuda.synchronize()
+    return elapsed * 1000 / calls
+
+
+def graph_kernel_ms(fn, inputs, options, calls: int | None = None) -> float:
+    """The GPU's time alone: one pass over the inputs captured in a CUDA graph (no Python, no launches
+    paid per call), replayed between CUDA events; median per call. Raises when the call cannot be captured."""
+    calls = calls or max(len(inputs), 8)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):                 # warm-up on a side stream, as capture requires
+        for i in range(3):
+            fn(inputs[i % len(inputs)])
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            fn(inputs[i % len(inputs)])
+    graph.replay()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(max(options.min_samples, min(options.max_samples, 10))):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        samples.append(start.elapsed_time(end) / calls)
+    del graph
+    return statistics.median(samples)

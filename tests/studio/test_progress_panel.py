@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.events import BlockStarted, Phase
+from core.kernels.results import MemorySample, MemorySampled
 
 pytest.importorskip("pytestqt")
 
@@ -78,3 +79,16 @@ def test_recovery_shows_as_its_own_step_with_its_eta(panel):
     clock["now"] += 2.0
     panel.on_event(Phase("recover", 3, 10, "KL 0.4"))              # 2 steps in 2 s since the first: 7 s to go
     assert panel.label.text() == "recovering: elapsed 6 s,  ETA 7 s   ·  end-to-end, KL 0.5"
+
+
+def test_live_vram_shows_beside_the_run_and_not_for_a_cpu_sample(panel):
+    panel, clock = panel
+    panel.begin("pruning")
+    panel.on_event(BlockStarted(0, 4))
+    panel.on_event(MemorySampled(MemorySample(0.0, None, None, None, 123)))       # the CPU's view: no VRAM
+    assert "VRAM" not in panel.label.text()
+    panel.on_event(MemorySampled(MemorySample(1.0, 3 << 29, 2 << 30, None, None)))
+    assert panel.label.text().endswith("VRAM 1.50 GiB allocated, 2.00 GiB reserved")
+    panel.begin("next run")
+    panel.on_event(BlockStarted(0, 4))
+    assert panel.vram is None and "VRAM" not in panel.label.text()
