@@ -10,6 +10,8 @@ refused naming the file (the harness itself skips such files silently, and the t
 from __future__ import annotations
 
 import difflib
+import functools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,7 @@ INSTALL = "zero-shot tasks need lm-evaluation-harness: pip install 'compression-
 SCORED = ("multiple_choice", "loglikelihood")       # task types scored by log-likelihood of given answers
 LOCAL_DATA = ("json", "csv", "parquet", "text", "arrow")
 MC_FIELDS = ("doc_to_text", "doc_to_target", "doc_to_choice")
+NAME_LINE = re.compile(r"""^(?:task|group):\s*["']?([^\s"'#]+)""", re.M)
 
 
 def require_harness() -> None:
@@ -111,16 +114,40 @@ def task_manager(names: tuple[str, ...], tasks_dir: str | None):
     """A TaskManager that knows every name in `names`: the local folder alone when it has them all (fast:
     the harness's index of its own thousands of configs takes seconds), otherwise with the built-in tasks."""
     require_harness()
+    known: list[str] = []
     if tasks_dir:
         check_tasks_dir(tasks_dir)
         local = TaskManager(include_path=str(Path(tasks_dir).expanduser()), include_defaults=False)
         if all(name in local.all_tasks for name in names):
             return local
+        known = list(local.all_tasks)
+    for name in names:              # refused in a second, before the harness parses its thousands of files
+        if name not in known and not _in_builtin_files(name):
+            raise UserError(_unknown(name, known + sorted(_builtin_names()), tasks_dir))
     manager = TaskManager(include_path=str(Path(tasks_dir).expanduser()) if tasks_dir else None)
     for name in names:
         if name not in manager.all_tasks:
             raise UserError(_unknown(name, manager.all_tasks, tasks_dir))
     return manager
+
+
+def _builtin_files() -> list[Path]:
+    return sorted(Path(lm_eval.__file__).parent.joinpath("tasks").rglob("*.yaml"))
+
+
+def _in_builtin_files(name: str) -> bool:
+    """Whether `name` appears anywhere in the text of the harness's own task configs (every task, group and
+    tag name does: a name found nowhere is unknown without building the index)."""
+    return any(name in path.read_text(errors="replace") for path in _builtin_files())
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_names() -> frozenset[str]:
+    """The task and group names the harness's configs declare on a line of their own (for suggestions)."""
+    found = set()
+    for path in _builtin_files():
+        found.update(NAME_LINE.findall(path.read_text(errors="replace")))
+    return frozenset(found)
 
 
 def _unknown(name: str, known: list[str], tasks_dir: str | None) -> str:
