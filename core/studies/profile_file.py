@@ -79,11 +79,17 @@ class Profile:
 
     def check_matches(self, identity: dict) -> None:
         """Refuse a profile measured on another model (other layers or shapes)."""
-        if self.model.get("layers") != identity.get("layers") or self.model.get("family") != identity.get("family"):
-            raise UserError(f"the profile was measured on {self.model.get('source')} "
-                            f"({self.model.get('family')}, {len(self.model.get('layers', []))} layers), which does not "
-                            f"match this model ({identity.get('family')}, {len(identity.get('layers', []))} layers): "
-                            f"profile this model first.")
+        theirs, ours = self.model.get("layers") or [], identity.get("layers") or []
+        if theirs == ours and self.model.get("family") == identity.get("family"):
+            return
+        if self.model.get("family") != identity.get("family") or len(theirs) != len(ours):
+            why = f"{self.model.get('family')} with {len(theirs)} layers there, {identity.get('family')} with " \
+                  f"{len(ours)} here"
+        else:
+            a, b = next((a, b) for a, b in zip(theirs, ours) if a != b)
+            why = f"{a[0]} is {a[1]}x{a[2]} there, {b[0]} {b[1]}x{b[2]} here"
+        raise UserError(f"the profile was measured on {self.model.get('source')}, which does not match this model "
+                        f"({why}): profile this model first.")
 
     def to_dict(self) -> dict:
         data = asdict(self)
