@@ -9,6 +9,7 @@ from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidg
 
 from studio.plot_legend import legend_below, legend_right
 
+BASELINES = ("dense", "dense-int8", "dense-fp8")     # what speedups are measured against: no bar of their own
 COLOURS = [(47, 111, 223), (230, 120, 30), (40, 160, 90), (170, 60, 180), (200, 40, 40), (90, 90, 90)]
 
 
@@ -88,7 +89,7 @@ class BenchCharts(QWidget):
 
     def _draw_speedup(self) -> None:
         self.speedup.clear()
-        ok = [r for r in self.results if r.status == "ok" and r.speedup is not None and r.backend not in ("dense", "dense-int8")]
+        ok = [r for r in self.results if r.status == "ok" and r.speedup is not None and r.backend not in BASELINES]
         if not ok:
             return
         shapes = list(dict.fromkeys(tuple(r.shape) for r in ok))
@@ -112,7 +113,7 @@ class BenchCharts(QWidget):
         if not self.memory:
             return
         t = [m.t_s for m in self.memory]
-        for i, (field, name) in enumerate((("allocated_bytes", "torch allocated"), ("reserved_bytes", "torch reserved"),
+        for i, (field, name) in enumerate((("allocated_bytes", "VRAM allocated"), ("reserved_bytes", "VRAM reserved"),
                                            ("nvml_used_bytes", "GPU used (NVML)"), ("rss_bytes", "process RSS"))):
             values = [getattr(m, field) for m in self.memory]
             if any(v is not None for v in values):

@@ -6,13 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit,
-                               QPushButton, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout,
+                               QLabel, QLineEdit, QPushButton, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout,
+                               QWidget)
 
 from .bench_charts import BenchCharts
 from .run_panel import devices
 
-COLUMNS = ["Shape", "Tokens", "Dtype", "Backend", "Status", "Median ms", "Speedup", "Rel. error", "Note"]
+COLUMNS = ["Shape", "Tokens", "Dtype", "Backend", "Status", "Median ms", "Speedup", "Rel. error", "Checked", "Limit",
+           "Note"]
 
 
 class BenchPanel(QWidget):
@@ -36,6 +38,15 @@ class BenchPanel(QWidget):
         self.int8.setChecked(True)
         self.end_to_end = QCheckBox("end to end")
         self.end_to_end.setChecked(True)
+        self.fp8 = QCheckBox("fp8")
+        self.fp8.setChecked(True)
+        self.fp8.setToolTip("CUDA: dense fp8 (row-wise scales) and fp8 + 2:4, beside bf16/fp16")
+        self.price = QDoubleSpinBox()
+        self.price.setRange(0.0, 1000.0)
+        self.price.setDecimals(2)
+        self.price.setPrefix("$")
+        self.price.setSuffix(" /GPU-h")
+        self.price.setToolTip("What an hour of this GPU costs: end-to-end results show $ per million tokens (0: none)")
         self.start_button = QPushButton("Start")
         self.start_button.setToolTip("Time dense against the 2:4 kernels for every layer shape of this model")
         self.start_button.setObjectName("primary")
@@ -53,7 +64,7 @@ class BenchPanel(QWidget):
             controls.addWidget(QLabel(label))
             controls.addWidget(widget, 2 if widget is self.tokens else 0)
         buttons = QHBoxLayout()
-        for widget in (self.int8, self.end_to_end):
+        for widget in (self.int8, self.fp8, self.end_to_end, self.price):
             buttons.addWidget(widget)
         buttons.addStretch(1)
         for widget in (self.start_button, self.stop_button, self.save_button):
@@ -82,7 +93,8 @@ class BenchPanel(QWidget):
     def choices(self) -> dict:
         """What the user chose, as typed; the engine parses and validates it (`BenchOptions.from_choices`)."""
         return {"tokens": self.tokens.text(), "dtype": self.dtype.currentText(), "int8": self.int8.isChecked(),
-                "device": self.device.currentData(), "end_to_end": self.end_to_end.isChecked()}
+                "device": self.device.currentData(), "end_to_end": self.end_to_end.isChecked(),
+                "fp8": self.fp8.isChecked(), "gpu_price": self.price.value()}
 
     def begin(self) -> None:
         self.charts.clear()
@@ -98,7 +110,8 @@ class BenchPanel(QWidget):
         self.table.insertRow(row)
         values = [f"{r.shape[0]} × {r.shape[1]}", str(r.tokens), r.dtype, r.backend, r.status,
                   "" if r.median_ms is None else f"{r.median_ms:.3f}", "" if r.speedup is None else f"{r.speedup:.2f}×",
-                  "" if r.rel_error is None else f"{r.rel_error:.1e}", r.reason or r.expectation]
+                  "" if r.rel_error is None else f"{r.rel_error:.1e}", _checked(getattr(r, "checked", None)),
+                  _limit(r), r.plan + "; " + (r.reason or r.expectation) if getattr(r, "plan", "") else r.reason or r.expectation]
         for col, value in enumerate(values):
             item = QTableWidgetItem(value)
             if col in (1, 5, 6, 7):
@@ -116,7 +129,9 @@ class BenchPanel(QWidget):
                 lines.append(report.note)
             for e2e in report.end_to_end:
                 if e2e.status == "ok":
-                    lines.append(f"End to end {e2e.variant}: {e2e.tokens_per_s:.1f} tokens/s, TTFT {e2e.ttft_ms:.0f} ms.")
+                    cost = "" if e2e.cost_per_million is None else f", ${e2e.cost_per_million:.3f} per million tokens"
+                    lines.append(f"End to end {e2e.variant}: {e2e.tokens_per_s:.1f} tokens/s, TTFT {e2e.ttft_ms:.0f} ms"
+                                 f"{cost}.")
             self.summary.setText("  ".join(lines))
             self.charts.set_note(report.note)
 
@@ -128,3 +143,15 @@ class BenchPanel(QWidget):
                                               "CSV (*.csv);;JSON (*.json)")
         if path:
             self.save_requested.emit(path)
+
+
+def _checked(value) -> str:
+    return "" if value is None else ("yes" if value else "NO")
+
+
+def _limit(r) -> str:
+    """Which limits the call: the host (Python, dispatch, launches) or the kernel, with both times."""
+    if getattr(r, "host_ms", None) is None:
+        return ""
+    kernel = r.kernel_ms if r.kernel_ms is not None else r.median_ms
+    return f"{r.limited_by} (host {r.host_ms:.3f}, GPU {kernel:.3f} ms)"

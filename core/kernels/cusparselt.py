@@ -9,8 +9,10 @@ is `torch._cslt_sparse_mm(packed, xᵀ, alg_id=…, split_k=…, transpose_resul
 Torch's private functions change between releases, so each is looked up, not assumed: a missing one
 is a reason (`direct_support`, `fp8_support`, `torchao_support`) that the benchmark reports as a
 `skipped` row. fp8 is e4m3 with float32 scales: row-wise (one per token, one per output channel) for
-the dense `torch._scaled_mm`; per-tensor for cuSPARSELt, whose only scaling is `alpha` on the result.
-torchao's fp8 2:4 config (row-wise, CUTLASS for sm90) is used where torchao is installed.
+the dense `torch._scaled_mm`. cuSPARSELt's only scaling is `alpha` on the result: a vector of one value
+per output channel (the weight's row scales times the activation's one scale), never a single number,
+which torch reads back with `.item()` (a sync per call that no CUDA graph can capture). torchao's fp8
+2:4 config (row-wise, CUTLASS for sm90) is used where torchao is installed.
 """
 
 from __future__ import annotations
@@ -184,7 +186,8 @@ class Fp8Linear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
         self.wq, self.ws = fp8_rowwise(weight.detach())
-        self.bias, self.out_dtype = bias, weight.dtype if weight.dtype != torch.float32 else torch.bfloat16
+        self.bias = None if bias is None else bias.detach().clone()
+        self.out_dtype = torch.bfloat16            # row-wise scaled_mm writes bf16 only
         self.out_features, self.in_features = weight.shape
 
     def forward(self, x):
@@ -195,21 +198,26 @@ class Fp8Linear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
 
+def fp8_alpha(ws: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    """cuSPARSELt's alpha vector [out]: the weight's row scales times the activation's scale."""
+    return (ws.reshape(-1) * xs).contiguous()
+
+
 class CsltLinear(nn.Module):
     """A 2:4 linear layer through cuSPARSELt directly: compressed once, one searched plan per token count.
 
-    `fp8` quantizes the weight per tensor and each activation per tensor; cuSPARSELt scales the result by
-    alpha = scale_x · scale_w (it has no row-wise operand scaling)."""
+    `fp8` quantizes the weight per row and each activation per tensor; cuSPARSELt scales each output
+    channel by alpha = scale_w[row] · scale_x (it cannot scale per token)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, fp8: bool = False):
         super().__init__()
         self.fp8, self.out_dtype = fp8, weight.dtype if weight.dtype != torch.float32 else torch.bfloat16
         if fp8:
-            wq, self.ws = fp8_tensorwise(weight.detach())
+            wq, self.ws = fp8_rowwise(weight.detach())
             self.packed = torch._cslt_compress(wq)
         else:
             self.packed, self.ws = torch._cslt_compress(weight.detach().contiguous()), None
-        self.bias, self.plans = bias, PlanCache()
+        self.bias, self.plans = None if bias is None else bias.detach().clone(), PlanCache()
         self.out_features, self.in_features = weight.shape
 
     def forward(self, x):
@@ -217,7 +225,7 @@ class CsltLinear(nn.Module):
         alpha, out_dtype = None, None
         if self.fp8:
             flat, xs = fp8_tensorwise(flat)
-            alpha, out_dtype = (xs * self.ws).reshape(1), self.out_dtype
+            alpha, out_dtype = fp8_alpha(self.ws, xs), self.out_dtype
         plan = self.plans.get(flat.shape[0], lambda: search(self.packed, flat.t(), alpha, out_dtype))
         y = sparse_mm(self.packed, flat, plan, alpha, out_dtype)
         y = y if self.bias is None else y + self.bias

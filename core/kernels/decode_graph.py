@@ -26,7 +26,11 @@ class DecodeStep:
 
     @torch.no_grad()
     def prefill(self, prompt: torch.Tensor) -> torch.Tensor:
-        self.cache = StaticCache(config=self.model.config, max_cache_len=self.max_len)
+        """The prompt into an empty cache (allocated once, zeroed on later calls); a captured step is dropped."""
+        if self.cache is None:
+            self.cache = StaticCache(config=self.model.config, max_cache_len=self.max_len)
+        else:
+            self.cache.reset()
         self.graph, self.pos = None, prompt.shape[1]
         out = self.model(input_ids=prompt, use_cache=True, **{self.keyword: self.cache}, **self.extra)
         return out.logits[:, -1]

@@ -1,6 +1,6 @@
 """Kernel cases for issue 14's paths on one weight shape and token count (CUDA only): cuSPARSELt called
 directly with its searched plan, dense fp8 with row-wise scales, fp8 + 2:4 through cuSPARSELt
-(per-tensor scales) and through torchao's fp8 2:4 config.
+(row-wise weight scales, one activation scale) and through torchao's fp8 2:4 config.
 
 Each row says which limits it: `host_ms` (wall clock per call, launches without a sync) against
 `kernel_ms` (the GPU's time alone, from a CUDA graph replay); `median_ms` is the eager time between CUDA
@@ -114,10 +114,10 @@ def _fp8_dense(base, masked, inputs, device, options):
 
 def _fp8_cslt(base, masked, inputs, device, options):
     try:
-        quantized = [cslt.fp8_tensorwise(masked.to(device)) for _ in range(len(inputs))]
+        quantized = [cslt.fp8_rowwise(masked.to(device)) for _ in range(len(inputs))]
         packed = [torch._cslt_compress(wq) for wq, _ in quantized]
         xq, xs = cslt.fp8_tensorwise(_pad_tokens(inputs[0], 16))
-        plan = _plan(packed[0], xq, (xs * quantized[0][1]).reshape(1), torch.bfloat16)
+        plan = _plan(packed[0], xq, cslt.fp8_alpha(quantized[0][1], xs), torch.bfloat16)
     except Exception as exc:
         base.status, base.reason = "failed", f"compress: {first_line(exc)}"
         return base
@@ -126,7 +126,7 @@ def _fp8_cslt(base, masked, inputs, device, options):
 
     def call(x, p, ws):
         xq, xs = cslt.fp8_tensorwise(_pad_tokens(x, 16))
-        return cslt.sparse_mm(p, xq, plan, (xs * ws).reshape(1), torch.bfloat16)[:tokens]
+        return cslt.sparse_mm(p, xq, plan, cslt.fp8_alpha(ws, xs), torch.bfloat16)[:tokens]
 
     fns = [lambda x, p=p, q=q: call(x, p, q[1]) for p, q in zip(packed, quantized)]
     reference = cslt.fp8_reference(*cslt.fp8_tensorwise(inputs[0]), *quantized[0])

@@ -1,6 +1,6 @@
 """End to end as a deployment sees it (issue 14 §2): prefill at several prompt lengths (time to first
 token) and decode at several batch sizes (inter-token latency, tokens/s), for dense bf16, 2:4 bf16
-(cuSPARSELt directly), fp8 (row-wise, `torch._scaled_mm`), fp8 + 2:4 (cuSPARSELt, per-tensor scales;
+(cuSPARSELt directly), fp8 (row-wise, `torch._scaled_mm`), fp8 + 2:4 (cuSPARSELt, row-wise weight scales;
 torchao's config where installed), decode eager and from a CUDA graph, with peak memory and the cost
 per million tokens at the user's $/GPU-hour.
 
@@ -64,25 +64,34 @@ def refusal(variant: str, device: torch.device, capability) -> str:
 
 
 def swap_in(model: nn.Module, names: list[str], variant: str) -> dict:
-    """Replace the named nn.Linear layers by `variant`'s modules; returns name -> original to put back."""
+    """Replace the named nn.Linear layers by `variant`'s modules; returns name -> (original, its device).
+
+    The originals wait on the CPU, so that the peak memory measured is the variant's own."""
     originals = {name: model.get_submodule(name) for name in names}
     if variant == DENSE_BF16:
         return {}
-    if variant == FP8_SPARSE_TORCHAO:
-        kept = {name: _copy_linear(layer) for name, layer in originals.items()}
-        cslt.torchao_fp8_24(model, names)
-        return kept
-    make = {SPARSE_BF16: lambda l: cslt.CsltLinear(l.weight, l.bias),
-            FP8_ROWWISE: lambda l: cslt.Fp8Linear(l.weight, l.bias),
-            FP8_SPARSE: lambda l: cslt.CsltLinear(l.weight, l.bias, fp8=True)}[variant]
-    for name, layer in originals.items():
-        _set(model, name, make(layer))
-    return originals
+    kept = {}
+    try:
+        if variant == FP8_SPARSE_TORCHAO:
+            kept = {name: (_copy_linear(layer).to("cpu"), layer.weight.device) for name, layer in originals.items()}
+            cslt.torchao_fp8_24(model, names)
+            return kept
+        make = {SPARSE_BF16: lambda l: cslt.CsltLinear(l.weight, l.bias),
+                FP8_ROWWISE: lambda l: cslt.Fp8Linear(l.weight, l.bias),
+                FP8_SPARSE: lambda l: cslt.CsltLinear(l.weight, l.bias, fp8=True)}[variant]
+        for name, layer in originals.items():
+            _set(model, name, make(layer))
+            kept[name] = (layer, layer.weight.device)
+            layer.to("cpu")
+    except Exception:
+        swap_out(model, kept)          # a conversion that fails halfway leaves the model as it was
+        raise
+    return kept
 
 
 def swap_out(model: nn.Module, originals: dict) -> None:
-    for name, layer in originals.items():
-        _set(model, name, layer)
+    for name, (layer, device) in originals.items():
+        _set(model, name, layer.to(device))
 
 
 def _copy_linear(layer: nn.Linear) -> nn.Linear:

@@ -202,3 +202,21 @@ def test_graphed_decode_equals_eager_decode():
     eager, _ = greedy(DecodeStep(model, 16), prompt, 5)
     graphed, _ = greedy(DecodeStep(model, 16, graphed=True), prompt, 5)
     assert torch.equal(eager, graphed)
+
+
+def test_a_variant_swaps_in_and_out_leaving_the_model_exactly_as_it_was():
+    loaded = tiny_llama()
+    model = loaded.model.to(torch.bfloat16)
+    names = [info.full_name for block in loaded.layout.inventory for info in block.linears]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prompt = torch.randint(3, 128, (1, 6), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        dense = model(input_ids=prompt).logits.double()
+        originals = serving.swap_in(model, names, serving.FP8_ROWWISE)      # fp8 matmuls run on the CPU too
+        assert all(isinstance(model.get_submodule(n), cslt.Fp8Linear) for n in names)
+        fp8 = model(input_ids=prompt).logits.double()
+        serving.swap_out(model, originals)
+    assert float((fp8 - dense).norm() / dense.norm()) < serving.TOLERANCE[serving.FP8_ROWWISE]
+    assert not torch.equal(fp8, dense)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
