@@ -1,10 +1,10 @@
 """`prune MODEL --structure mlp=F,heads=G`: the command line's structured shrink, a run of its own.
 
-The model is loaded, calibrated, shrunk in place (`core.pruning.structure`), optionally evaluated before
-and after, and written as an ordinary folder whose config.json has the smaller shapes. Nothing else
-(N:M patterns, quantization, recovery, streaming, other formats) combines with it yet: each is refused
-with one line before anything is loaded. A cancel or an error leaves nothing written; the shrunk model
-in memory is simply dropped when the command exits.
+The arguments become a `core.studies.structure.ShrinkRequest`, the job the studio runs too: the model is
+loaded, calibrated, shrunk in place, recovered if `--recover` asks, evaluated before and after if `--eval`
+is given, and written as an ordinary folder whose config.json has the smaller shapes. N:M patterns,
+quantization, streaming and other formats do not combine with it yet: each is refused with one line before
+anything is loaded. A cancel or an error leaves nothing written.
 """
 
 from __future__ import annotations
@@ -12,24 +12,19 @@ from __future__ import annotations
 import time
 
 from .. import workbench as wb
-from ..compute import resolve_device
-from ..data.calibration import default_seqlen
 from ..errors import UserError
-from ..evaluation.perplexity import evaluation_windows, perplexity
 from ..events import Job
-from ..export.destination import check_output
-from ..export.folder import write_export
-from ..export.report import build_report
-from ..export.writers import folder_weight_bytes
+from ..export.writers import ExportRequest
 from ..inputs import parse_structure
-from ..pruning.structure.run import shrink
-from ..pruning.structure.spec import CRITERIA, StructureSpec, counts
+from ..pruning.structure.spec import CRITERIA, StructureSpec
+from ..recovery.options import RecoveryOptions
+from ..studies.structure import ShrinkRequest, check_export, shrink
 
 
 def _refuse_combinations(args) -> None:
     others = {"--sparsity": args.sparsity is not None, "--pattern": args.pattern != "unstructured",
               "--override": bool(args.override), "--ignore": bool(args.ignore),
-              "--allocation": args.allocation != "uniform", "--recover": args.recover != "none",
+              "--allocation": args.allocation != "uniform",
               "--quantize": bool(getattr(args, "quantize", None)), "--stream": args.stream,
               "--compact": args.compact, "--format": args.format not in ("auto", "hf")}
     for flag, given in others.items():
@@ -45,40 +40,29 @@ def run_structure(args, job: Job) -> dict:
     if spec.criterion not in CRITERIA:
         raise UserError(f"--method {spec.criterion} cannot rank whole channels: with --structure use "
                         f"{', '.join(CRITERIA)}.")
-    out = check_output(args.out, args.overwrite)
+    recovery = RecoveryOptions(args.recover, epochs=args.recover_epochs, steps=args.recover_steps,
+                               learning_rate=args.recover_lr, batch_windows=args.recover_batch)
+    evaluation = wb.EvaluationRequest(args.eval, args.seqlen, args.eval_windows, args.text_field) if args.eval else None
+    request = ShrinkRequest(spec, recovery, evaluation, args.device, args.batch_size)
+    request.validate()
+    export = ExportRequest(args.out, args.overwrite, args.format)
+    check_export(export, job=job)
     bench = wb.Workbench(remember=False)
-    loaded = wb.open_model(bench, wb.OpenRequest(args.model, args.dtype, args.trust_remote_code), job)
-    counts(loaded.model.config, spec)           # refuses what this model cannot do before calibrating
-    calib = wb.calibrate(bench, wb.CalibrationRequest(tuple(args.calib), args.nsamples, args.seqlen, args.seed,
-                                                      args.text_field), job)
-    loaded.model.to(resolve_device(args.device))
-    windows = ppl_dense = ppl = None
-    if args.eval:
-        seqlen = args.seqlen or default_seqlen(loaded.context_length)
-        windows = evaluation_windows(loaded.tokenizer, args.eval, seqlen, args.eval_windows, args.text_field)
-        ppl_dense = perplexity(loaded.model, windows, job=job)
-    result = shrink(loaded, calib, spec, job, batch_size=args.batch_size or None)
-    if windows is not None:
-        ppl = perplexity(loaded.model, windows, job=job)
-    report = {**build_report(loaded, None, calib, ppl_dense, ppl, {"shrink": result.seconds}),
-              "structure": result.describe()}
-    path = write_export(loaded, out, report, calib, overwrite=args.overwrite, job=job)
-    return _summary(result, path, ppl_dense, ppl, time.perf_counter() - started)
+    wb.open_model(bench, wb.OpenRequest(args.model, args.dtype, args.trust_remote_code), job)
+    wb.calibrate(bench, wb.CalibrationRequest(tuple(args.calib), args.nsamples, args.seqlen, args.seed,
+                                              args.text_field), job)
+    run = shrink(bench, request, job, export=export)
+    return _summary(run, time.perf_counter() - started)
 
 
-def _summary(result, path, ppl_dense, ppl, seconds: float) -> dict:
-    c, described = result.counts, result.describe()
-    heads, kv = described["num_attention_heads"], described["num_key_value_heads"]
-    text = (f"shrunk {len(result.blocks)} blocks: intermediate {c.intermediate} -> {c.intermediate - c.channels}, "
-            f"heads {heads[0]} -> {heads[1]} (key/value {kv[0]} -> {kv[1]}); parameters "
-            f"{result.parameters_before:,} -> {result.parameters_after:,} ({result.removed_fraction:.1%} removed); "
-            f"bias compensation: {', '.join(k for k, v in result.compensated.items() if v) or 'none'}; "
-            f"{folder_weight_bytes(path) / 2**20:.1f} MiB of weights")
+def _summary(run, seconds: float) -> dict:
+    result, exported = run.result, run.exported
     return {
         "method": result.spec.criterion, "pattern": f"structure {result.spec.describe()}",
         "sparsity": 1 - result.linear_after / result.linear_before,
         "layers": sum(len(b.channels) > 0 for b in result.blocks) * 3 + sum(len(b.groups) > 0 for b in result.blocks) * 4,
-        "skipped": [], "seconds": seconds, "ppl_dense": ppl_dense.ppl if ppl_dense else None,
-        "ppl": ppl.ppl if ppl else None, "out": str(path), "structure": described,
-        "export": {"format": "hf", "bytes": folder_weight_bytes(path), "description": text},
+        "skipped": [], "seconds": seconds, "ppl_dense": run.ppl_dense.ppl if run.ppl_dense else None,
+        "ppl": run.ppl.ppl if run.ppl else None, "out": str(exported.path), "structure": result.describe(),
+        "export": {"format": "hf", "bytes": exported.weight_bytes,
+                   "description": f"{run.summary()}; {exported.weight_bytes / 2**20:.1f} MiB of weights"},
     }

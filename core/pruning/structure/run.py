@@ -3,14 +3,16 @@
 Block by block, as the pruning pipeline does (`core.pruning.pipeline`): the calibration windows' inputs
 of block k (the outputs of the already shrunk block k−1) run through it while hooks gather per-channel
 statistics of what down_proj and o_proj receive; the lowest-scoring MLP channels and key/value groups
-are cut (the same count in every block); the shrunk block then produces block k+1's inputs. It reuses
-the pipeline's capture and block call (`core.pruning.capture`) and computes in the model's own dtype
-and device. A cancel or an error leaves the model partly shrunk: the caller must load it again (the
-command line, the only caller so far, exits).
+are cut (the same count in every block); with blockwise recovery the shrunk block then trains towards the
+dense block's outputs (`recover.py`); it then produces block k+1's inputs. End-to-end recovery trains the
+whole shrunk model against a copy of the unshrunk one afterwards. It reuses the pipeline's capture and
+block call (`core.pruning.capture`) and computes in the model's own dtype and device. A cancel or an error
+leaves the model partly shrunk: the caller shrinks a copy (the studio) or drops the model (the command line).
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 
@@ -22,10 +24,13 @@ from ...errors import UserError
 from ...events import BlockStarted, Job, as_job
 from ...models.architectures import find_layout
 from ...models.loaded import LoadedModel, check_window_length
+from ...recovery.blockwise import RecoveryCurve
+from ...recovery.options import RecoveryOptions
 from .. import finite
 from ..activations import ActivationStore
 from ..capture import auto_batch_size, capture_first_block_inputs, run_block
 from .importance import ChannelStats, channel_scores, group_scores, lowest
+from .recover import dense_targets, recover_block, recover_end_to_end
 from .spec import BIAS_FLAGS, CRITERIA, Counts, StructureSpec, check_family, counts as spec_counts
 from .surgery import give_biases, shrink_attention, shrink_mlp, update_config
 
@@ -48,6 +53,8 @@ class ShrinkResult:
     linear_after: int
     compensated: dict = field(default_factory=dict)   # {"mlp": bool, "attention": bool}
     seconds: float = 0.0
+    recovery: RecoveryOptions = field(default_factory=RecoveryOptions)
+    curves: list[RecoveryCurve] = field(default_factory=list)   # per block (blockwise) or one (e2e, block -1)
 
     @property
     def removed_fraction(self) -> float:
@@ -65,7 +72,8 @@ class ShrinkResult:
             "block_linear_parameters": [self.linear_before, self.linear_after],
             "blocks": [{"index": b.index, "channels_removed": b.channels, "groups_removed": b.groups}
                        for b in self.blocks],
-            "seconds": self.seconds,
+            "seconds": self.seconds, "recovery": self.recovery.describe(),
+            "recovery_blocks": [c.describe() for c in self.curves],
         }
 
 
@@ -77,12 +85,18 @@ def compensation(config, spec: StructureSpec, counts: Counts) -> dict:
 
 @torch.no_grad()
 def shrink(loaded: LoadedModel, calib: CalibrationSet, spec: StructureSpec, job: Job | None = None, *,
-           batch_size: int | None = None) -> ShrinkResult:
-    """Shrink `loaded.model` in place by `spec`; its config and layout are updated at the end."""
+           batch_size: int | None = None, recovery: RecoveryOptions | None = None,
+           teacher: nn.Module | None = None) -> ShrinkResult:
+    """Shrink `loaded.model` in place by `spec`, then recover it as `recovery` says (e2e against `teacher`, the
+    unshrunk model, or a copy made here); its config and layout are updated at the end."""
     model, config = loaded.model, loaded.model.config
     counts = spec_counts(config, spec)
     check_window_length(config, calib.seqlen)
+    recovery = recovery or RecoveryOptions()
+    recovery.validate()
     job = as_job(job)
+    if recovery.mode == "e2e" and teacher is None:
+        teacher = copy.deepcopy(model)
     started = time.perf_counter()
     bias = compensation(config, spec, counts)
     blocks = loaded.layout.blocks
@@ -91,18 +105,30 @@ def shrink(loaded: LoadedModel, calib: CalibrationSet, spec: StructureSpec, job:
     inputs = ActivationStore()
     calls = capture_first_block_inputs(model, blocks, calib.input_ids, device,
                                        batch_size or auto_batch_size(calib.seqlen), job, inputs)
-    shrunk = []
+    blockwise = recovery.mode == "blockwise"
+    dense_inputs = inputs if blockwise else None      # the dense model's inputs to the current block
+    shrunk, curves = [], []
     for index, block in enumerate(blocks):
         job.check()
         job.emit(BlockStarted(index, len(blocks)))
+        targets = dense_targets(block, dense_inputs, calls, job) if blockwise else None
         channels, groups = _shrink_block(block, index, inputs, calls, counts, spec, bias, job)
         shrunk.append(BlockShrunk(index, channels, groups))
+        if blockwise:
+            curves.append(recover_block(index, block, inputs, targets, calls, recovery, job))
+            if dense_inputs is not inputs:
+                dense_inputs.close()
+            dense_inputs = targets
         inputs = _propagate(block, index, inputs, calls, job)
     inputs.close()
+    if dense_inputs is not None:
+        dense_inputs.close()
     update_config(config, counts, bias["mlp"], bias["attention"])
     loaded.layout = find_layout(model)
+    if recovery.mode == "e2e":
+        curves.append(recover_end_to_end(model, teacher, blocks, calib.input_ids, recovery, job))
     return ShrinkResult(spec, counts, shrunk, before, _parameters(model), linear_before,
-                        loaded.layout.prunable_parameters, bias, time.perf_counter() - started)
+                        loaded.layout.prunable_parameters, bias, time.perf_counter() - started, recovery, curves)
 
 
 def _shrink_block(block: nn.Module, index: int, inputs, calls, counts: Counts, spec: StructureSpec, bias: dict,
