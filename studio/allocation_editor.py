@@ -14,7 +14,7 @@ from __future__ import annotations
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QAbstractItemView, QDoubleSpinBox, QHBoxLayout, QHeaderView, QLabel, QPushButton,
-                               QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+                               QSizePolicy, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from core.pruning.allocation_edit import rebalance, resulting_size, shift_to_mean, weighted_mean
 
@@ -113,7 +113,7 @@ class AllocationEditor(QWidget):
         self.plot.setLabel("bottom", "decoder block")
         self.plot.showGrid(y=True, alpha=0.2)
         self.plot.getAxis("left").enableAutoSIPrefix(False)
-        legend_below(self.plot, columns=4)
+        legend_below(self.plot, columns=2)     # narrow: the tab may be
         self.bars = pg.BarGraphItem(x=[], height=[], width=0.7, brush=FREE, name="moves with the others")
         self.plot.addItem(self.bars)
         self.plot.getPlotItem().legend.addItem(pg.BarGraphItem(x=[0], height=[1], width=1, brush=LOCKED),
@@ -130,7 +130,7 @@ class AllocationEditor(QWidget):
                                                "min / max")
 
         self.table = QTableWidget(0, 4)
-        self.table.setHorizontalHeaderLabels(["block", "weights", "sparsity %", "set by you"])
+        self.table.setHorizontalHeaderLabels(["block", "weights", "sparsity %", "locked"])
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -156,6 +156,7 @@ class AllocationEditor(QWidget):
         layout.addWidget(self.summary)
         layout.addWidget(self.hint)
         self._update_presets()
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)   # squeezed, not widening
 
     # ---- what it edits -------------------------------------------------------------------------------
     def set_model(self, params_per_block: list[int], other_params: int = 0, bytes_per_weight: float = 2.0) -> None:
@@ -298,8 +299,8 @@ class AllocationEditor(QWidget):
             f"{_count(size.prunable_params)} prunable weights (target {self.target:.1%}), blocks "
             f"{min(self.sparsities):.1%}–{max(self.sparsities):.1%}. Keeps {_count(size.kept_params)} of "
             f"{_count(size.total_params)} parameters: about <b>{_bytes(size.sparse_bytes)}</b> stored sparse "
-            f"(kept values + a 1-bit mask), against {_bytes(size.dense_bytes)} dense; an ordinary HF folder "
-            f"stores the zeros and stays {_bytes(size.dense_bytes)}.")
+            f"(kept values + a 1-bit mask); an ordinary HF folder stores the zeros and stays "
+            f"{_bytes(size.dense_bytes)}.")
 
     def _update_presets(self) -> None:
         self.owl_button.setEnabled(self.owl is not None)

@@ -15,6 +15,8 @@ from .plot_legend import legend_below
 PALETTE = [(47, 111, 223), (230, 120, 30), (46, 160, 90), (200, 40, 40), (142, 68, 173), (140, 86, 75),
            (220, 100, 180), (120, 120, 120), (188, 189, 34), (23, 190, 207)]
 DEPTH, SENSITIVITY = "depth", "sensitivity"
+START_HINT = "Start a profile: each unit is pruned alone, the rest kept dense, and its cost drawn here."
+HOVER_HINT = "Hover a bar for its unit's numbers; taller bars are the units that pruning hurts most."
 
 
 class ProfileChart(QWidget):
@@ -29,9 +31,9 @@ class ProfileChart(QWidget):
         self.plot.showGrid(y=True, alpha=0.2)
         self.plot.setMouseEnabled(x=True, y=False)
         self.plot.getAxis("left").enableAutoSIPrefix(False)
-        self.legend = legend_below(self.plot, columns=4)
+        self.legend = legend_below(self.plot, columns=3)
         self.series: dict[str, pg.BarGraphItem] = {}
-        self.hover = QLabel("Start a profile: each unit is pruned alone, the rest kept dense, and its cost drawn here.")
+        self.hover = QLabel(START_HINT)
         self.hover.setObjectName("hint")
         self.hover.setWordWrap(True)
         layout = QVBoxLayout(self)
@@ -50,11 +52,14 @@ class ProfileChart(QWidget):
             self.plot.removeItem(item)
         self.series = {}
         self.legend.clear()
+        self.hover.setText(START_HINT)
         self._axis_labels()
         self._redraw()
 
     def add(self, entry) -> None:
         self.entries.append(entry)
+        if self.hover.text() == START_HINT:
+            self.hover.setText(HOVER_HINT)
         self._redraw()
 
     def set_order(self, order: str) -> None:
@@ -86,7 +91,8 @@ class ProfileChart(QWidget):
     def _axis_labels(self) -> None:
         self.plot.setLabel("left", "Δ perplexity (pruned − dense)" if self.measured else
                            "relative output error ‖(W−Ŵ)X‖²/‖WX‖²")
-        self.plot.setLabel("bottom", "unit, by depth" if self.order == DEPTH else "unit, most sensitive first")
+        self.plot.setLabel("bottom", "decoder block (its units in model order)" if self.order == DEPTH
+                           else "units, most sensitive first")
 
     def _redraw(self) -> None:
         ordered = self.ordered()

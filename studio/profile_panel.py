@@ -14,8 +14,8 @@ import math
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QGridLayout, QHBoxLayout,
-                               QHeaderView, QLabel, QLineEdit, QPushButton, QSpinBox, QSplitter, QTableWidget,
-                               QTableWidgetItem, QVBoxLayout, QWidget)
+                               QHeaderView, QLabel, QLineEdit, QPushButton, QSizePolicy, QSpinBox, QSplitter,
+                               QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from core.patterns import UNSTRUCTURED
 from core.pruning.allocation import AllocationOptions, preset
@@ -66,6 +66,8 @@ class ProfilePanel(QWidget):
         layout.addLayout(self.use_row)
         self._fast_changed()
         self._set_buttons()
+        # its rows of controls are wide: squeezed rather than widening the window (as the Benchmark tab's)
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
 
     def _build_controls(self) -> None:
         self.unit = QComboBox()

@@ -49,6 +49,12 @@ class ScreenshotDriver(QObject):
             w.run_panel.quantize.bits.setCurrentIndex(w.run_panel.quantize.bits.findText(self.quantize))
         middle = loaded.layout.inventory[len(loaded.layout.inventory) // 2]
         w.layer_tree.select(next(l.full_name for l in middle.linears if l.name.endswith(SHOWN_LAYER)))
+        if self.tab in ("sensitivity", "edit-allocation"):     # a fast profile by layer instead of a run
+            w.controller.profile_finished.connect(self._profiled)
+            w.tabs.setCurrentWidget(w.profile_panel)
+            w.profile_panel.fast.setChecked(True)
+            w.profile_panel.start_button.click()
+            return
         w.start_run()
 
     @Slot(object)
@@ -60,6 +66,14 @@ class ScreenshotDriver(QObject):
             self.window.evaluate(EvaluationRequest(self.eval_path, self.seqlen, 8))
         else:
             QTimer.singleShot(500, self._save)
+
+    @Slot(object)
+    def _profiled(self, _profile) -> None:
+        w = self.window
+        if self.tab == "edit-allocation":                       # the profile's allocation, one block set by hand
+            w.profile_panel.use_button.click()
+            w.allocation_editor.set_block(len(w.allocation_editor.params) // 2, 0.3)
+        QTimer.singleShot(500, self._grab)
 
     @Slot(object)
     def _evaluated(self, _outcome) -> None:
