@@ -203,8 +203,13 @@ def fp8_alpha(ws: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
     return (ws.reshape(-1) * xs).contiguous()
 
 
+# Plans shared by every layer: one search per (out, in, tokens, dtype), however many layers share a shape.
+PLANS = PlanCache()
+
+
 class CsltLinear(nn.Module):
-    """A 2:4 linear layer through cuSPARSELt directly: compressed once, one searched plan per token count.
+    """A 2:4 linear layer through cuSPARSELt directly: compressed once, one searched plan per shape,
+    token count and dtype (`PLANS`, shared by the layers of a shape).
 
     `fp8` quantizes the weight per row and each activation per tensor; cuSPARSELt scales each output
     channel by alpha = scale_w[row] · scale_x (it cannot scale per token)."""
@@ -217,7 +222,7 @@ class CsltLinear(nn.Module):
             self.packed = torch._cslt_compress(wq)
         else:
             self.packed, self.ws = torch._cslt_compress(weight.detach().contiguous()), None
-        self.bias, self.plans = None if bias is None else bias.detach().clone(), PlanCache()
+        self.bias, self.plans = None if bias is None else bias.detach().clone(), PLANS
         self.out_features, self.in_features = weight.shape
 
     def forward(self, x):
@@ -226,7 +231,8 @@ class CsltLinear(nn.Module):
         if self.fp8:
             flat, xs = fp8_tensorwise(flat)
             alpha, out_dtype = fp8_alpha(self.ws, xs), self.out_dtype
-        plan = self.plans.get(flat.shape[0], lambda: search(self.packed, flat.t(), alpha, out_dtype))
+        key = (self.out_features, self.in_features, flat.shape[0], self.packed.dtype)
+        plan = self.plans.get(key, lambda: search(self.packed, flat.t(), alpha, out_dtype))
         y = sparse_mm(self.packed, flat, plan, alpha, out_dtype)
         y = y if self.bias is None else y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
