@@ -148,7 +148,8 @@ def test_cuda_benchmark_measures_or_explains_every_case():
         assert r.status in ("ok", "skipped", "failed")
         if r.status == "ok":
             assert math.isfinite(r.median_ms) and r.peak_bytes > 0
-            assert r.rel_error < (1e-2 if r.dtype in ("fp16", "bf16") else 1e-6), r
+            assert r.rel_error < (r.tolerance or (1e-2 if r.dtype in ("fp16", "bf16") else 1e-6)), r
+            assert r.checked and r.gpu == report.device_name and r.torch_version == torch.__version__
         else:
             assert r.reason
     usable = [b for b, why in report.backends.items() if not why]
