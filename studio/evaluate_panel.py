@@ -8,6 +8,8 @@ from PySide6.QtWidgets import (QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
 
 from core.workbench import EvaluationRequest
 
+from .zero_shot_table import ZeroShotTable
+
 
 class EvaluatePanel(QGroupBox):
     evaluate_requested = Signal(object)   # EvaluationRequest
@@ -39,6 +41,8 @@ class EvaluatePanel(QGroupBox):
         layout.addLayout(form)
         layout.addWidget(self.button)
         layout.addWidget(self.result)
+        self.tasks = ZeroShotTable()          # zero-shot accuracy, started from the main window
+        layout.addWidget(self.tasks)
 
     def choice(self) -> EvaluationRequest:
         return EvaluationRequest(self.path.text().strip(), self.seqlen.value(), self.windows.value())
