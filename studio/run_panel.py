@@ -26,6 +26,7 @@ from core.recovery.options import RecoveryOptions
 
 from .combo import choice_combo
 from .quantize_options import QuantizeOptions
+from .structure_options import StructureOptions
 
 ALLOCATIONS = [("uniform", "uniform"), ("OWL (outlier-weighted)", "owl"), ("edited (Edit allocation tab)", "explicit")]
 RECOVERIES = [("none", "none"), ("blockwise", "blockwise"), ("end-to-end", "e2e")]
@@ -71,6 +72,7 @@ class RunPanel(QGroupBox):
         self._build_alps()
         self._build_allocation_and_recovery()
         self.quantize = QuantizeOptions()
+        self.structure = StructureOptions()      # a smaller model, not a mask: its own Shrink button
         self.overrides = QPlainTextEdit()
         self.overrides.setPlaceholderText("Per-layer overrides, one per line: glob = sparsity\ne.g. *mlp.down_proj = 0.3")
         self.overrides.setMaximumHeight(54)
@@ -102,6 +104,7 @@ class RunPanel(QGroupBox):
         layout.addWidget(self.ignore)
         layout.addWidget(self.quantize)
         layout.addLayout(buttons)
+        layout.addWidget(self.structure)
 
     def _build_sparsegpt(self) -> None:
         self.blocksize = QSpinBox()

@@ -65,6 +65,14 @@ class ShrinkRun:
         return {**build_report(self.loaded, None, bench.calib, self.ppl_dense, self.ppl, durations),
                 "structure": self.result.describe()}
 
+    def view(self) -> dict:
+        """What a front end shows of the shrink, without a tensor (the studio's GUI thread gets this only)."""
+        d = self.result.describe()
+        return {"summary": self.summary(), "parameters": d["parameters"], "intermediate_size": d["intermediate_size"],
+                "num_attention_heads": d["num_attention_heads"], "num_key_value_heads": d["num_key_value_heads"],
+                "ppl_dense": self.ppl_dense.ppl if self.ppl_dense else None, "ppl": self.ppl.ppl if self.ppl else None,
+                "recovery": [c.describe() for c in self.result.curves]}
+
     def summary(self) -> str:
         r, d = self.result, self.result.describe()
         c = r.counts
