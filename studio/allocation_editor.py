@@ -28,6 +28,7 @@ BOUND = (150, 150, 150)
 HINT = ("Drag a bar up or down, or type a block's sparsity in the table: the other blocks move together to keep "
         "the average at the Prune panel's target. A block you set stays put (dark) until you clear the locks.")
 MiB, GiB = 2**20, 2**30
+SPARSITY = 1                      # the table's editable column (first after the block: visible when narrow)
 
 
 class _DragBox(pg.ViewBox):
@@ -113,7 +114,7 @@ class AllocationEditor(QWidget):
         self.plot.setLabel("bottom", "decoder block")
         self.plot.showGrid(y=True, alpha=0.2)
         self.plot.getAxis("left").enableAutoSIPrefix(False)
-        legend_below(self.plot, columns=2)     # narrow: the tab may be
+        legend_below(self.plot, columns=2)     # two columns: the tab may be narrow
         self.bars = pg.BarGraphItem(x=[], height=[], width=0.7, brush=FREE, name="moves with the others")
         self.plot.addItem(self.bars)
         self.plot.getPlotItem().legend.addItem(pg.BarGraphItem(x=[0], height=[1], width=1, brush=LOCKED),
@@ -130,7 +131,7 @@ class AllocationEditor(QWidget):
                                                "min / max")
 
         self.table = QTableWidget(0, 4)
-        self.table.setHorizontalHeaderLabels(["block", "weights", "sparsity %", "locked"])
+        self.table.setHorizontalHeaderLabels(["block", "sparsity %", "locked", "weights"])
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -278,14 +279,14 @@ class AllocationEditor(QWidget):
         try:
             self.table.setRowCount(len(self.sparsities))
             for i, s in enumerate(self.sparsities):
-                cells = [QTableWidgetItem(str(i)), QTableWidgetItem(_count(self.params[i])),
-                         QTableWidgetItem(f"{100 * s:.1f}"), QTableWidgetItem("🔒" if i in self.locked else "")]
+                cells = [QTableWidgetItem(str(i)), QTableWidgetItem(f"{100 * s:.1f}"),
+                         QTableWidgetItem("🔒" if i in self.locked else ""), QTableWidgetItem(_count(self.params[i]))]
                 for column, cell in enumerate(cells):
-                    if column != 2:
+                    if column != SPARSITY:
                         cell.setFlags(cell.flags() & ~Qt.ItemFlag.ItemIsEditable)
                     cell.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                     self.table.setItem(i, column, cell)
-                cells[2].setToolTip("Type a percentage: the other blocks move to hold the average")
+                cells[SPARSITY].setToolTip("Type a percentage: the other blocks move to hold the average")
         finally:
             self._filling = False
 
@@ -314,7 +315,7 @@ class AllocationEditor(QWidget):
 
     # ---- table and bounds ----------------------------------------------------------------------------
     def _cell_changed(self, item) -> None:
-        if self._filling or item.column() != 2:
+        if self._filling or item.column() != SPARSITY:
             return
         try:
             value = float(item.text().strip().rstrip("%")) / 100

@@ -90,7 +90,7 @@ class ProfileChart(QWidget):
     # ---- drawing -------------------------------------------------------------------------------------
     def _axis_labels(self) -> None:
         self.plot.setLabel("left", "Δ perplexity (pruned − dense)" if self.measured else
-                           "relative output error ‖(W−Ŵ)X‖²/‖WX‖²")
+                           "output error (relative)")
         self.plot.setLabel("bottom", "decoder block (its units in model order)" if self.order == DEPTH
                            else "units, most sensitive first")
 
@@ -120,7 +120,7 @@ class ProfileChart(QWidget):
             for x, entry in enumerate(ordered):
                 if entry.block not in seen:
                     seen.add(entry.block)
-                    starts.append((x, f"block {entry.block}" if not starts else str(entry.block)))
+                    starts.append((x, str(entry.block)))
             step = max(1, -(-len(starts) // 12))
             axis.setTicks([starts[::step], [(x, "") for x, _ in starts]])
         else:
@@ -135,7 +135,7 @@ class ProfileChart(QWidget):
         text = f"{e.name}  ({e.kind}{'' if e.block is None else f', block {e.block}'}, {e.params:,} weights): "
         if e.delta_ppl is not None:
             text += f"perplexity {e.ppl:.3f} (Δ {e.delta_ppl:+.3f}), "
-        text += f"output error {e.error:.4f}"
+        text += f"output error ‖(W−Ŵ)X‖²/‖WX‖² {e.error:.4f}"
         rank = sorted(self.entries, key=lambda u: -self.value(u)).index(e) + 1
         return text + f"; rank {rank} of {len(self.entries)}"
 

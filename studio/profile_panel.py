@@ -25,7 +25,8 @@ from core.studies.sensitivity import ProfileRequest, UnitProfiled
 from .profile_chart import DEPTH, SENSITIVITY, ProfileChart
 
 UNITS = [("each layer", "layer"), ("each block", "block"), ("each layer kind", "kind")]
-COLUMNS = ["rank", "unit", "kind", "block", "weights", "Δ perplexity", "perplexity", "output error"]
+COLUMNS = ["rank", "block", "kind", "weights", "Δ perplexity", "perplexity", "output error", "unit"]
+UNIT = COLUMNS.index("unit")      # last, stretched: the numbers stay readable in a narrow tab
 FAST_TIP = ("Rank the units by the method's relative output error on the calibration data instead of measuring "
             "perplexity: no evaluation text, much quicker, usually a similar order (a measured profile reports "
             "the agreement as Spearman's ρ)")
@@ -48,9 +49,10 @@ class ProfilePanel(QWidget):
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.verticalHeader().setVisible(False)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideLeft)      # a long name keeps its end: …layers.3.mlp.up_proj
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.table.horizontalHeader().setSectionResizeMode(UNIT, QHeaderView.ResizeMode.Stretch)
         self.status = QLabel("Prunes one unit at a time, the rest of the model dense, and measures what it costs. "
                              "Load calibration text first (Calibration tab).")
         self.status.setWordWrap(True)
@@ -108,24 +110,27 @@ class ProfilePanel(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setObjectName("danger")
         self.cancel_button.clicked.connect(self.cancel_requested)
-        grid = QGridLayout()
-        row = [("Prune", self.unit), ("with", self.method), ("pattern", self.pattern), ("at", self.sparsity)]
+        grid = QGridLayout()            # short rows: the tab may be narrow beside the layer tree
+        row = [("Prune", self.unit), ("with", self.method), ("pattern", self.pattern)]
         for column, (label, field) in enumerate(row):
             grid.addWidget(QLabel(label), 0, 2 * column)
             grid.addWidget(field, 0, 2 * column + 1)
-        grid.addWidget(self.fast, 0, 8, 1, 2)
-        grid.addWidget(QLabel("Measure on"), 1, 0)
-        grid.addWidget(self.eval_path, 1, 1, 1, 3)
-        grid.addWidget(self.browse, 1, 4)
-        grid.addWidget(QLabel("windows"), 1, 5)
-        grid.addWidget(self.windows, 1, 6)
-        grid.addWidget(QLabel("× tokens"), 1, 7)
-        grid.addWidget(self.seqlen, 1, 8)
+        grid.addWidget(QLabel("at"), 1, 0)
+        grid.addWidget(self.sparsity, 1, 1)
+        grid.addWidget(self.fast, 1, 2, 1, 4)
+        grid.addWidget(QLabel("Measure on"), 2, 0)
+        grid.addWidget(self.eval_path, 2, 1, 1, 4)
+        grid.addWidget(self.browse, 2, 5)
+        grid.addWidget(QLabel("windows"), 3, 0)
+        grid.addWidget(self.windows, 3, 1)
+        grid.addWidget(QLabel("× tokens"), 3, 2)
+        grid.addWidget(self.seqlen, 3, 3)
         buttons = QHBoxLayout()
         buttons.addWidget(self.start_button)
         buttons.addWidget(self.cancel_button)
-        grid.addLayout(buttons, 1, 9)
-        grid.setColumnStretch(3, 1)
+        grid.addLayout(buttons, 3, 4, 1, 2)
+        for column in (1, 3, 5):
+            grid.setColumnStretch(column, 1)
         self.controls = grid
 
         self.order = QComboBox()
@@ -143,18 +148,22 @@ class ProfilePanel(QWidget):
         self.save_button.clicked.connect(self._choose_save)
         self.load_button = QPushButton("Load…")
         self.load_button.clicked.connect(self._choose_load)
-        use = QHBoxLayout()
-        use.addWidget(QLabel("Show"))
-        use.addWidget(self.order)
-        use.addStretch(1)
-        use.addWidget(QLabel("Allocation within min"))
-        use.addWidget(self.lo)
-        use.addWidget(QLabel("max"))
-        use.addWidget(self.hi)
-        use.addWidget(self.use_button)
-        use.addSpacing(12)
-        use.addWidget(self.save_button)
-        use.addWidget(self.load_button)
+        show = QHBoxLayout()
+        show.addWidget(QLabel("Show"))
+        show.addWidget(self.order)
+        show.addStretch(1)
+        show.addWidget(self.save_button)
+        show.addWidget(self.load_button)
+        allocate = QHBoxLayout()
+        allocate.addWidget(QLabel("Allocation from it: min"))
+        allocate.addWidget(self.lo)
+        allocate.addWidget(QLabel("max"))
+        allocate.addWidget(self.hi)
+        allocate.addStretch(1)
+        allocate.addWidget(self.use_button)
+        use = QVBoxLayout()
+        use.addLayout(show)
+        use.addLayout(allocate)
         self.use_row = use
 
     # ---- the request ---------------------------------------------------------------------------------
@@ -227,11 +236,11 @@ class ProfilePanel(QWidget):
         rank = {id(e): i + 1 for i, e in enumerate(sorted(self.chart.entries, key=lambda u: -self.chart.value(u)))}
         self.table.setRowCount(len(entries))
         for row, e in enumerate(entries):
-            values = [str(rank[id(e)]), e.name, e.kind, "" if e.block is None else str(e.block), f"{e.params:,}",
-                      _number(e.delta_ppl, "+.3f"), _number(e.ppl, ".3f"), _number(e.error, ".4f")]
+            values = [str(rank[id(e)]), "" if e.block is None else str(e.block), e.kind, f"{e.params:,}",
+                      _number(e.delta_ppl, "+.3f"), _number(e.ppl, ".3f"), _number(e.error, ".4f"), e.name]
             for column, text in enumerate(values):
                 item = QTableWidgetItem(text)
-                if column not in (1, 2):
+                if column not in (2, UNIT):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.table.setItem(row, column, item)
 

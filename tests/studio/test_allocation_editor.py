@@ -10,6 +10,7 @@ pytest.importorskip("pytestqt")
 pytestmark = pytest.mark.qt_log_ignore(r"^This plugin does not support propagateSizeHints\(\)$")
 
 WAIT = 60_000
+SPARSITY = 1          # the editor table's sparsity column (studio.allocation_editor.SPARSITY)
 PARAMS = [100, 300, 200, 400]
 
 
@@ -74,7 +75,7 @@ def test_dragging_a_bar_sets_it_and_the_others_hold_the_mean(qtbot, editor):
     assert heights[0] == pytest.approx(heights[2]) and heights[2] == pytest.approx(heights[3]) and heights[0] > 0.5
     assert editor.locked == {1} and editor.source == "edited"
     assert tuple(edits[-1]) == pytest.approx(heights)
-    assert editor.table.item(1, 2).text() == f"{100 * heights[1]:.1f}"
+    assert editor.table.item(1, SPARSITY).text() == f"{100 * heights[1]:.1f}"
 
     # a second drag leaves the first (locked) block where it was
     drag(qtbot, editor, 3, 0.55, 0.8)
@@ -91,12 +92,12 @@ def test_typing_a_cell_rebalances_within_the_bounds_and_shows_the_size(qtbot, ed
     from core.pruning.allocation_edit import resulting_size
 
     editor.hi.setValue(0.6)
-    editor.table.item(0, 2).setText("10")
+    editor.table.item(0, SPARSITY).setText("10")
     heights = editor.bar_heights
     # block 0 (100 weights) at 0.1 leaves 40 weighted sparsity-points for the others (900 weights): +0.0444 each
     assert heights == pytest.approx([0.1, 0.5 + 40 / 900, 0.5 + 40 / 900, 0.5 + 40 / 900])
     assert weighted(heights) == pytest.approx(0.5)
-    editor.table.item(3, 2).setText("20")    # asked: block 3 (400 weights) down to 0.2, 120 points for blocks 1, 2
+    editor.table.item(3, SPARSITY).setText("20")    # asked: block 3 (400 weights) down to 0.2, 120 points for blocks 1, 2
     heights = editor.bar_heights
     # …but blocks 1 and 2 (500 weights) can only rise to max 0.6: 500·(0.6 − 0.5444) points, so block 3 stops there
     room = 500 * (0.6 - (0.5 + 40 / 900))
@@ -104,8 +105,8 @@ def test_typing_a_cell_rebalances_within_the_bounds_and_shows_the_size(qtbot, ed
     assert weighted(heights) == pytest.approx(0.5)
     size = resulting_size(PARAMS, heights, 1000, 2)
     assert f"{size.kept_params / 1e3:.2f}k" in editor.summary.text()
-    editor.table.item(2, 2).setText("not a number")
-    assert editor.bar_heights == heights and editor.table.item(2, 2).text() == f"{100 * heights[2]:.1f}"
+    editor.table.item(2, SPARSITY).setText("not a number")
+    assert editor.bar_heights == heights and editor.table.item(2, SPARSITY).text() == f"{100 * heights[2]:.1f}"
 
 
 def test_presets_and_the_target_move_every_bar(qtbot, editor):
@@ -135,7 +136,7 @@ def test_run_uses_the_edited_allocation(qtbot, studio_window, studio_tiny_llama,
     editor = window.allocation_editor
     assert len(editor.params) == 2 and editor.params[0] == editor.params[1]
     assert panel.allocation.currentData() == "uniform"
-    editor.table.item(0, 2).setText("30")
+    editor.table.item(0, SPARSITY).setText("30")
     assert panel.allocation.currentData() == "explicit"
     assert editor.bar_heights == pytest.approx([0.3, 0.7])
     options = panel.plan_options()["allocation"]

@@ -31,6 +31,7 @@ def panel(qtbot):
 def test_bars_fill_from_events_coloured_by_kind_and_sort(panel):
     from core.studies.sensitivity import ProfileRequest, UnitProfiled
     from studio.profile_chart import SENSITIVITY
+    from studio.profile_panel import UNIT
 
     units = [entry("model.layers.0.self_attn.q_proj", "self_attn.q_proj", 0, 0.5),
              entry("model.layers.0.mlp.down_proj", "mlp.down_proj", 0, 2.0),
@@ -49,7 +50,7 @@ def test_bars_fill_from_events_coloured_by_kind_and_sort(panel):
     assert "4 of 4 units" in panel.status.text()
     panel.order.setCurrentIndex(panel.order.findData(SENSITIVITY))
     assert panel.chart.heights_in_order() == [2.0, 1.0, 0.5, 0.1]
-    assert [panel.table.item(r, 1).text() for r in range(4)] == [units[i].name for i in (1, 3, 0, 2)]
+    assert [panel.table.item(r, UNIT).text() for r in range(4)] == [units[i].name for i in (1, 3, 0, 2)]
     assert [panel.table.item(r, 0).text() for r in range(4)] == ["1", "2", "3", "4"]
     assert "rank 1 of 4" in panel.chart.describe(0) and "Δ +2.000" in panel.chart.describe(0)
     panel.stopped(cancelled=True)
