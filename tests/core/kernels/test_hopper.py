@@ -1,16 +1,15 @@
 """Issue 14's paths: cuSPARSELt plans, fp8, the targets' verdicts, live VRAM, static-cache decode, the
 serving matrix and the Hopper script's dry run on the CPU; the kernels themselves where CUDA is present."""
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from tests.bench_fixtures import tiny_llama
-from core.cli.main import build_parser
 from core.events import Job, Phase, Recorder
 from core.kernels import cusparselt as cslt
 from core.kernels import hopper, serving
@@ -157,7 +156,9 @@ def test_serving_matrix_on_the_cpu_runs_dense_and_explains_the_rest():
 
 
 def test_bench_cli_takes_the_price_and_the_new_paths():
-    args = build_parser().parse_args(["bench", "demo", "--gpu-price", "2.5", "--no-fp8"])
+    parser = argparse.ArgumentParser()
+    hopper.add_bench_arguments(parser)          # what core/cli/main.py registers on `bench`
+    args = parser.parse_args(["--gpu-price", "2.5", "--no-fp8"])
     assert hopper.bench_choices(args) == {"gpu_price": 2.5, "direct": True, "fp8": False}
     BenchOptions(**hopper.bench_choices(args)).validate()
 
