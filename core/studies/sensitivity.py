@@ -31,7 +31,10 @@ from ..pruning.methods.sparsegpt import Options as SparseGPTOptions
 from ..pruning.plan import PrunePlan
 from ..workbench import EvaluationRequest, Workbench, restore_dense
 from .dense_pass import DenseStats, gather, prune_layer
-from .profile_file import UNITS, Profile, UnitEntry, model_identity
+from .profile_file import UNITS, Profile, UnitEntry, load_profile, model_identity, save_profile
+
+__all__ = ["ProfileRequest", "UnitProfiled", "Profile", "UnitEntry", "run_profile", "spearman", "average_ranks",
+           "save_profile", "load_profile", "model_identity", "UNITS"]
 
 
 @dataclass(frozen=True)
