@@ -7,6 +7,10 @@ MLP channels alone or one key/value group in three (3 of 9 heads) plus MLP chann
 FLAP's fluctuation score and bias compensation. The export is written for real and its bytes read off
 disk; "forward" is the median of 3 forward passes over one 512-token window, "decode" the time to
 generate 32 tokens greedily after a 16-token prompt (median of 3), both against the dense model's.
+Rows "+ recovery" train every shrunk block's kept weights towards the dense block's outputs (`--recover
+blockwise`, its defaults: 1 epoch, steps of 2 windows, lr 1e-3). Beside them the seeds' mask patterns at
+50 % with Wanda (`--pattern rows|columns|blocks:64x64`): zeros stored in dense shapes, so their size and
+speed are the dense model's (not timed).
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/structured.py                 # every row
     .venv/bin/python benchmarks/structured.py --only dense "mlp 20%" --nsamples 8 --eval-windows 4
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -34,13 +39,19 @@ from core import workbench as wb  # noqa: E402
 from core.evaluation.perplexity import evaluation_windows, perplexity  # noqa: E402
 from core.export.folder import write_export  # noqa: E402
 from core.export.writers import folder_weight_bytes  # noqa: E402
+from core.pruning.plan import PrunePlan  # noqa: E402
 from core.pruning.structure.run import shrink  # noqa: E402
 from core.pruning.structure.spec import StructureSpec  # noqa: E402
+from core.recovery.options import RecoveryOptions  # noqa: E402
 
 NSAMPLES, SEQLEN, EVAL_WINDOWS = 64, 512, 40
-# name -> (fraction of all parameters to remove, KV groups removed per block)
-ROWS = {"dense": (0.0, 0), **{f"mlp {p}%": (p / 100, 0) for p in (10, 20, 30)},
-        **{f"mlp+heads {p}%": (p / 100, 1) for p in (10, 20, 30)}}
+# name -> (fraction of all parameters to remove, KV groups removed per block, blockwise recovery)
+ROWS = {"dense": (0.0, 0, False), **{f"mlp {p}%": (p / 100, 0, False) for p in (10, 20, 30)},
+        **{f"mlp+heads {p}%": (p / 100, 1, False) for p in (10, 20, 30)},
+        **{f"mlp {p}% + recovery": (p / 100, 0, True) for p in (10, 20, 30)},
+        **{f"mlp+heads {p}% + recovery": (p / 100, 1, True) for p in (10, 20, 30)}}
+MASKS = {f"{pattern} 50% {method}": (method, pattern) for pattern in ("rows", "columns", "blocks:64x64")
+         for method in ("wanda", "sparsegpt")}
 
 
 def spec_for(config, total: int, fraction: float, groups: int) -> StructureSpec:
@@ -72,15 +83,22 @@ def row(name: str, nsamples: int, eval_windows: int) -> dict:
     loaded = wb.open_model(bench, wb.OpenRequest("demo"))
     total = sum(p.numel() for p in loaded.model.parameters())
     windows = evaluation_windows(loaded.tokenizer, DATA / "wiki.test.raw", SEQLEN, eval_windows)
-    fraction, groups = ROWS[name]
-    record = {"row": name, "nsamples": nsamples, "seqlen": SEQLEN, "eval_windows": eval_windows}
+    record = {"row": name, "nsamples": nsamples, "seqlen": SEQLEN, "eval_windows": eval_windows,
+              "load_average": os.getloadavg()[0]}    # the CPU is shared: timings taken under this load
+    if name in MASKS:
+        return mask_row(bench, loaded, windows, record)
+    fraction, groups, recovering = ROWS[name]
     calib, result = None, None
     if fraction:
         spec = spec_for(loaded.model.config, total, fraction, groups)
         calib = wb.calibrate(bench, wb.CalibrationRequest((str(DATA / "wiki.valid.raw"),), nsamples, SEQLEN, 0))
-        result = shrink(loaded, calib, spec)
+        result = shrink(loaded, calib, spec, recovery=RecoveryOptions("blockwise" if recovering else "none"))
         record.update(structure=spec.describe(), shrink_s=result.seconds, removed=result.removed_fraction,
-                      config=result.describe() | {"blocks": None})
+                      config=result.describe() | {"blocks": None, "recovery_blocks": None})
+        if recovering:
+            record["recovery"] = {"options": result.recovery.describe(),
+                                  "error_before": [c.before for c in result.curves],
+                                  "error_after": [c.after for c in result.curves]}
     record["parameters"] = sum(p.numel() for p in loaded.model.parameters())
     record["ppl"] = perplexity(loaded.model, windows).ppl
     with tempfile.TemporaryDirectory() as work:
@@ -90,21 +108,41 @@ def row(name: str, nsamples: int, eval_windows: int) -> dict:
     return record
 
 
+def mask_row(bench, loaded, windows, record: dict) -> dict:
+    """A mask pattern at 50 %: pruned in place, zeros stored; shapes, bytes and speed are the dense model's."""
+    method, pattern = MASKS[record["row"]]
+    wb.calibrate(bench, wb.CalibrationRequest((str(DATA / "wiki.valid.raw"),), record["nsamples"], SEQLEN, 0))
+    run = wb.prune(bench, PrunePlan.build(method=method, sparsity=0.5, pattern=pattern))
+    record.update(structure=f"mask {pattern} 50% {method}", shrink_s=run.seconds, sparsity=run.sparsity,
+                  parameters=sum(p.numel() for p in loaded.model.parameters()),
+                  ppl=perplexity(loaded.model, windows).ppl, mask=True)
+    return record
+
+
 def markdown(rows: list[dict]) -> str:
-    dense = next(r for r in rows if r["row"] == "dense")
-    lines = ["| row | structure | parameters | removed | ppl | ppl × dense | MiB on disk | forward 512 × dense | "
-             "decode 32 × dense |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    """One table; each row against the dense row of its own protocol (calibration windows, eval windows)."""
+    protocol = lambda r: (r["nsamples"], r["seqlen"], r["eval_windows"])  # noqa: E731
+    dense_of = {protocol(r): r for r in rows if r["row"] == "dense"}
+    lines = ["| row | protocol (calib × eval windows) | structure | parameters | removed | ppl | ppl × dense | "
+             "MiB on disk | forward 512 × dense | decode 32 × dense |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['row']} | {r.get('structure', '')} | {r['parameters']:,} | "
-                     f"{1 - r['parameters'] / dense['parameters']:.1%} | {r['ppl']:.2f} | {r['ppl'] / dense['ppl']:.3f} | "
-                     f"{r['bytes'] / 2**20:.1f} | {r['forward_512_s'] / dense['forward_512_s']:.2f} | "
-                     f"{r['decode_32_s'] / dense['decode_32_s']:.2f} |")
+        dense = dense_of.get(protocol(r))
+        if dense is None:
+            continue
+        head = f"| {r['row']} | {r['nsamples']}×{r['seqlen']} / {r['eval_windows']} | {r.get('structure', '')} |"
+        if r.get("mask"):
+            lines.append(f"{head} {r['parameters']:,} (zeros stored) | {r['sparsity']:.1%} of block linears zero | "
+                         f"{r['ppl']:.2f} | {r['ppl'] / dense['ppl']:.3f} | = dense | = dense | = dense |")
+            continue
+        lines.append(f"{head} {r['parameters']:,} | {1 - r['parameters'] / dense['parameters']:.1%} | {r['ppl']:.2f} | "
+                     f"{r['ppl'] / dense['ppl']:.3f} | {r['bytes'] / 2**20:.1f} | "
+                     f"{r['forward_512_s'] / dense['forward_512_s']:.2f} | {r['decode_32_s'] / dense['decode_32_s']:.2f} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", choices=list(ROWS), help="these rows (default: all)")
+    parser.add_argument("--only", nargs="*", choices=[*ROWS, *MASKS], help="these rows (default: all)")
     parser.add_argument("--nsamples", type=int, default=NSAMPLES)
     parser.add_argument("--eval-windows", type=int, default=EVAL_WINDOWS)
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -114,7 +152,7 @@ def main() -> None:
         print(markdown([json.loads(l) for l in args.results.read_text().splitlines() if l.strip()]))
         return
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    for name in args.only or ROWS:
+    for name in args.only or [*ROWS, *MASKS]:
         record = row(name, args.nsamples, args.eval_windows)
         print(json.dumps(record), flush=True)
         with args.results.open("a") as f:
