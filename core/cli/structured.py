@@ -37,6 +37,9 @@ def run_structure(args, job: Job) -> dict:
     started = time.perf_counter()
     spec = StructureSpec(**parse_structure(args.structure), criterion=args.method or "flap")
     _refuse_combinations(args)
+    if list(args.calib or []) in ([], ["generated"]):
+        raise UserError("--structure ranks channels on calibration text: give --calib FILE (self-generated text "
+                        "does not combine with --structure yet).")
     if spec.criterion not in CRITERIA:
         raise UserError(f"--method {spec.criterion} cannot rank whole channels: with --structure use "
                         f"{', '.join(CRITERIA)}.")
