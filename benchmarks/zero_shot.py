@@ -27,8 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "wikitext-2-raw"
 RESULTS = ROOT / "benchmarks" / "results" / "zero_shot.jsonl"
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]   # benchmarks/profile.py
-sys.path.insert(0, str(ROOT))                                                         # shadows the stdlib's
+sys.path.insert(0, str(ROOT))
 
 from core import workbench as wb  # noqa: E402
 from core.evaluation.zero_shot import TaskRequest, evaluate_tasks  # noqa: E402

@@ -8,8 +8,8 @@ the model in float32 on the CPU. Each run appends one row to benchmarks/results/
 finished unit is appended to benchmarks/results/profile-units.partial.jsonl as it comes (so a run stopped
 early still shows where it got).
 
-    OMP_WAIT_POLICY=PASSIVE nice .venv/bin/python benchmarks/profile.py                      # the full protocol
-    nice .venv/bin/python benchmarks/profile.py --nsamples 4 --seqlen 128 --eval-windows 1   # a loaded machine
+    OMP_WAIT_POLICY=PASSIVE nice .venv/bin/python benchmarks/sensitivity_profile.py                      # the full protocol
+    nice .venv/bin/python benchmarks/sensitivity_profile.py --nsamples 4 --seqlen 128 --eval-windows 1   # a loaded machine
 """
 
 from __future__ import annotations
@@ -24,9 +24,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "wikitext-2-raw"
 RESULTS = ROOT / "benchmarks" / "results" / "profile.jsonl"
 PARTIAL = ROOT / "benchmarks" / "results" / "profile-units.partial.jsonl"
-# This file's name shadows the standard library's `profile` (which cProfile, imported by transformers, needs):
-# its folder, put first on the path by Python, comes off it.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
