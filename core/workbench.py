@@ -25,6 +25,7 @@ from .analysis import summaries
 from .analysis.comparison import Comparison, compare, pack_masks
 from .analysis.views import LayerView, Tile, current_weight, dense_view, run_view, tile
 from .data.calibration import CalibrationSet, default_seqlen, load_calibration
+from .data.generated import GenerationOptions, generate_calibration
 from .errors import UserError
 from .events import Event, Job, LayerPruned, as_job
 from .evaluation.perplexity import Perplexity, evaluation_windows, perplexity
@@ -61,6 +62,7 @@ class CalibrationRequest:
     seqlen: int | None = None       # None: min(2048, the model's context)
     seed: int = 0
     text_field: str = "text"
+    generate: GenerationOptions | None = None    # not None: the dense model writes the text itself (no files)
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class RunRecord:
     layer_views: dict = field(default_factory=dict)    # full layer name -> LayerView
     ppl_dense: Perplexity | None = None
     ppl: Perplexity | None = None
+    zero_shot: object = None                           # core.evaluation.zero_shot.ZeroShot, once scored
     exported: Path | None = None                       # where a streamed run wrote its model
 
     method = property(lambda self: self.plan.method)
@@ -129,9 +132,11 @@ class Workbench:
         self.applied: RunRecord | None = None         # the run whose weights the model holds now
         self.pruning = False                           # a run is changing the weights right now
         self.dense_ppl: dict = {}                      # EvaluationRequest -> Perplexity of the dense model
+        self.dense_tasks: dict = {}                    # zero-shot: tasks read and dense results, by request
         self.previews: dict = {}                       # (layer, sparsity) -> LayerView of the dense model
         self.load_seconds = 0.0                        # opening plus calibration
         self.bench_report: BenchReport | None = None
+        self.shrunk = None                             # the last structured shrink (core.studies.structure)
 
     def need_model(self) -> LoadedModel:
         if self.loaded is None:
@@ -179,12 +184,31 @@ def calibrate(bench: Workbench, request: CalibrationRequest, job: Job | None = N
     loaded = bench.need_model()
     if bench.calib is None or bench.calib_request != request:
         seqlen = request.seqlen or default_seqlen(loaded.context_length)
-        calib = load_calibration(list(request.files), loaded.tokenizer, nsamples=request.nsamples, seqlen=seqlen,
-                                 seed=request.seed, text_field=request.text_field, job=job)
+        if request.generate is not None:
+            calib = _on_dense(bench, lambda: generate_calibration(
+                loaded.model, loaded.tokenizer, nsamples=request.nsamples, seqlen=seqlen, seed=request.seed,
+                options=request.generate, context_length=loaded.context_length, job=job))
+        else:
+            calib = load_calibration(list(request.files), loaded.tokenizer, nsamples=request.nsamples, seqlen=seqlen,
+                                     seed=request.seed, text_field=request.text_field, job=job)
         bench.calib, bench.calib_request = calib, request
         bench.load_seconds += time.perf_counter() - started
     job.emit(Calibrated(bench.calib))
     return bench.calib
+
+
+def _on_dense(bench: Workbench, work):
+    """`work()` with the dense weights in the model (a run applied is put back afterwards)."""
+    if bench.applied is None:
+        return work()
+    if bench.dense is None:
+        raise UserError("this session keeps no dense copy of the model to write calibration text with: open it afresh.")
+    pruned = WeightSnapshot(bench.loaded)
+    bench.dense.restore(bench.loaded)
+    try:
+        return work()
+    finally:
+        pruned.restore(bench.loaded)
 
 
 def prune(bench: Workbench, plan: PrunePlan, job: Job | None = None, *, memory_budget: int | None = None,
@@ -330,7 +354,8 @@ def report_of(bench: Workbench, record: RunRecord, total: float | None = None) -
         durations["eval_pruned"] = record.ppl.seconds
     if total is not None:
         durations["total"] = total
-    return build_report(bench.loaded, record.result, bench.calib, record.ppl_dense, record.ppl, durations)
+    return build_report(bench.loaded, record.result, bench.calib, record.ppl_dense, record.ppl, durations,
+                        zero_shot=record.zero_shot.describe() if record.zero_shot is not None else None)
 
 
 def can_export(bench: Workbench, format: str) -> bool:

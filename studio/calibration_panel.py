@@ -9,9 +9,12 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget,
                                QPushButton, QSpinBox, QVBoxLayout)
 
+from core.data.generated import GeneratedCalibration as GeneratedCalibrationSet
 from core.data.texts import SUPPORTED
 
 from core.workbench import CalibrationRequest
+
+from .generated_calibration import GeneratedCalibration
 
 
 class CalibrationPanel(QGroupBox):
@@ -20,6 +23,8 @@ class CalibrationPanel(QGroupBox):
     def __init__(self, parent=None):
         super().__init__("Calibration", parent)
         self.setAcceptDrops(True)
+        self.generated = GeneratedCalibration()
+        self.generated.toggled.connect(self._generated_toggled)
         self.files = QListWidget()
         self.files.setMaximumHeight(80)
         self.files.setToolTip("Calibration text files; drop files here")
@@ -42,15 +47,17 @@ class CalibrationPanel(QGroupBox):
         form.addRow("Seed", self.seed)
         self.load_button = QPushButton("Tokenize and draw windows")
         self.load_button.clicked.connect(lambda: self.load_requested.emit(self.choice()))
-        self.status = QLabel("No calibration yet: add a text file.")
+        self.status = QLabel("No calibration yet: the model writes its own text when you run, or add a text file.")
         self.status.setWordWrap(True)
         self.status.setObjectName("hint")
         layout = QVBoxLayout(self)
+        layout.addWidget(self.generated)
         layout.addWidget(self.files)
         layout.addLayout(buttons)
         layout.addLayout(form)
         layout.addWidget(self.load_button)
         layout.addWidget(self.status)
+        self._generated_toggled(self.generated.chosen)
 
     def add_files(self, paths) -> None:
         present = set(self.paths())
@@ -59,6 +66,8 @@ class CalibrationPanel(QGroupBox):
             if path not in present:
                 self.files.addItem(path)
                 present.add(path)
+        if self.files.count():
+            self.generated.set_chosen(False)      # files given: they are the calibration
         self.status.setObjectName("hint")
         self.status.setText(f"{self.files.count()} file(s); tokenized when you run or press the button.")
 
@@ -66,14 +75,18 @@ class CalibrationPanel(QGroupBox):
         return [self.files.item(i).text() for i in range(self.files.count())]
 
     def choice(self) -> CalibrationRequest:
-        return CalibrationRequest(tuple(self.paths()), self.nsamples.value(), self.seqlen.value(), self.seed.value(),
-                                 self.text_field.text().strip() or "text")
+        generate = self.generated.options()
+        return CalibrationRequest(() if generate else tuple(self.paths()), self.nsamples.value(), self.seqlen.value(),
+                                  self.seed.value(), self.text_field.text().strip() or "text", generate)
 
     def set_context_length(self, context: int) -> None:
         self.seqlen.setValue(min(self.seqlen.value(), context))
         self.seqlen.setMaximum(context)
 
     def show_ready(self, calib) -> None:
+        if isinstance(calib, GeneratedCalibrationSet):
+            return self._set_status(f"{calib.nsamples} windows × {calib.seqlen} tokens of text the model wrote itself "
+                                    f"(self-generated, seed {calib.seed}, {calib.seconds:.0f} s).", "hint")
         self._set_status(f"{calib.tokens_found:,} tokens found; {calib.nsamples} windows × {calib.seqlen} tokens drawn "
                          f"(seed {calib.seed}).", "hint")
 
@@ -85,6 +98,11 @@ class CalibrationPanel(QGroupBox):
         self.status.setObjectName(kind)
         self.status.style().unpolish(self.status)
         self.status.style().polish(self.status)
+
+    def _generated_toggled(self, chosen: bool) -> None:
+        for widget in (self.files, self.text_field):
+            widget.setEnabled(not chosen)
+        self.load_button.setText("Write calibration text" if chosen else "Tokenize and draw windows")
 
     def _choose(self) -> None:
         patterns = " ".join(f"*{s}" for s in SUPPORTED)

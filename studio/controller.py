@@ -12,6 +12,7 @@ from PySide6.QtCore import QObject, Signal
 
 from core import workbench as wb
 from core.errors import UserError
+from core.evaluation.zero_shot import TaskRequest, evaluate_tasks
 from core.events import AllocationChosen, BlockRecovered, LayerPruned, RecoveryStep
 from core.export.gguf import GGUF_TYPES
 from core.export.sizes import format_sizes
@@ -21,6 +22,9 @@ from core.kernels.memory import with_vram
 from core.kernels.results import KernelMeasured, MemorySampled
 from core.pruning.plan import PrunePlan
 from core.studies.sensitivity import run_profile
+from core.studies import structure
+from core.studies.sweep import run_sweep
+from core.studies.sweep_points import DensePerplexity, PointFinished
 
 from .worker import Worker
 
@@ -45,6 +49,7 @@ class Controller(QObject):
     tile_ready = Signal(str, object)          # layer name, Tile
     evaluation_done = Signal(object)          # (RunRecord or None, dense Perplexity, pruned Perplexity or None)
     comparison_ready = Signal(object)         # Comparison
+    tasks_done = Signal(object)               # core.evaluation.zero_shot.ZeroShot
     export_done = Signal(str, str)            # folder, a sentence on what was written and its size
     export_refusals_ready = Signal(object)    # {format option: why not, or None} for the applied run
     export_sizes_ready = Signal(object)       # [core.export.sizes.FormatSize] for the applied run
@@ -56,7 +61,12 @@ class Controller(QObject):
     bench_finished = Signal(object)           # BenchReport, or None when stopped
     job_cancelled = Signal(str)               # the name of an engine job stopped before it finished
     profile_finished = Signal(object)         # core.studies.profile_file.Profile (UnitProfiled come as progress)
+    sweep_dense = Signal(float)               # the dense perplexity a sweep measures before its first point
+    sweep_point = Signal(object)              # core.studies.sweep_points.PointFinished, as each point ends
+    sweep_finished = Signal(object)           # SweepResult, or None when cancelled or failed (the points stay)
     profile_stopped = Signal(bool)            # True: cancelled, False: failed; either way the model is dense
+    shrink_finished = Signal(object)          # ShrinkRun.view(): the smaller model's shapes, no tensors
+    shrink_failed = Signal(str)
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
@@ -65,6 +75,7 @@ class Controller(QObject):
         self.views = Worker("views", self)
         self.engine.busy_changed.connect(self.busy_changed)
         self._run = self._bench = self._profile = None
+        self._sweep = None
         self._views = {}
 
     @property
@@ -74,7 +85,7 @@ class Controller(QObject):
     @property
     def running(self) -> bool:
         """A run or a profile is going (both change the weights while they work)."""
-        return self._run is not None or self._profile is not None
+        return self._run is not None or self._profile is not None or self._sweep is not None
 
     @property
     def can_export_compact(self) -> bool:
@@ -227,9 +238,80 @@ class Controller(QObject):
         if self._profile is not None:
             self._profile.cancel.cancel()
 
+    def start_sweep(self, request) -> bool:
+        """One job: the sparsity sweep of `core.studies.sweep.SweepRequest` on the open model, each point as
+        `sweep_point`; the engine leaves the model dense, finished or not (an applied run is taken off first)."""
+        if self.running:
+            self.error.emit("A run is going: wait for it or cancel it before sweeping.")
+            return False
+        try:
+            self.bench.need_model()
+            request.points()
+        except UserError as exc:
+            self.error.emit(str(exc))
+            return False
+        replaced = self.bench.applied is not None
+
+        def ended(result) -> None:
+            self._sweep = None
+            self.sweep_finished.emit(result)
+            if replaced:
+                self.weights_restored.emit()
+
+        def failed(message: str, user_error: bool = True) -> None:
+            ended(None)
+            self._fail(message, user_error)
+
+        def on_event(event) -> None:
+            if isinstance(event, PointFinished):
+                self.sweep_point.emit(event)
+            elif isinstance(event, DensePerplexity):
+                self.sweep_dense.emit(event.ppl)
+            else:
+                self._on_event(event)
+
+        self._sweep = self._submit("sweep", lambda job: run_sweep(request, job, bench=self.bench), ended,
+                                   on_event=on_event, on_error=failed, on_cancelled=lambda: ended(None))
+        return True
+
+    def cancel_sweep(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel.cancel()
+
+    def start_shrink(self, request, calibration: wb.CalibrationRequest) -> None:
+        """A structured shrink of a copy of the dense model (`core.studies.structure`); the dense model stays."""
+        if self.running:
+            return self.error.emit("A run is already going: wait for it or cancel it first.")
+
+        def shrink(job):
+            wb.calibrate(self.bench, calibration, job)
+            return structure.shrink(self.bench, request, job).view()
+
+        def failed(message: str, user_error: bool = True) -> None:
+            self.shrink_failed.emit(message)
+            self._fail(message, user_error)
+        restored = self.bench.applied is not None      # a shrink starts from the dense model
+        self._submit("shrink", shrink, lambda view: (restored and self.weights_restored.emit(),
+                                                      self.shrink_finished.emit(view)),
+                     on_event=self._on_event, on_error=failed, on_cancelled=lambda: self.shrink_failed.emit("cancelled"))
+
+    def export_shrunk(self, folder: str, overwrite: bool = False) -> None:
+        request = wb.ExportRequest(folder, overwrite)
+        self._submit("export", lambda job: structure.export_shrunk(self.bench, request, job),
+                     lambda done: self.export_done.emit(str(done.path), done.description))
+
     def evaluate(self, request: wb.EvaluationRequest) -> None:
         self._submit("evaluation", lambda job: wb.evaluate(self.bench, request, job),
                      lambda e: self.evaluation_done.emit((e.record, e.dense, e.pruned)))
+
+    def evaluate_tasks(self, choice: dict) -> None:
+        """Zero-shot tasks on the dense model and the applied run; `choice` holds TaskRequest.build's arguments."""
+        try:
+            request = TaskRequest.build(**choice)
+            self.bench.need_model()
+        except UserError as exc:
+            return self.error.emit(str(exc))
+        self._submit("zero-shot tasks", lambda job: evaluate_tasks(self.bench, request, job), self.tasks_done.emit)
 
     def export(self, out: str, overwrite: bool, format: str = "auto", gguf_type: str | None = None) -> None:
         request = wb.ExportRequest(out, overwrite, format, gguf_type)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-SUBCOMMANDS = {"prune", "eval", "inspect", "bench", "unpack", "sweep", "-h", "--help"}
+SUBCOMMANDS = {"prune", "quantize", "eval", "profile", "sweep", "inspect", "bench", "unpack", "-h", "--help"}
 
 
 def main(argv: list[str] | None = None) -> int:

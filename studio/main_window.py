@@ -32,9 +32,11 @@ from .message_bar import MessageBar
 from .model_panel import ModelPanel
 from .overview_chart import OverviewChart
 from .profile_panel import ProfilePanel
+from .sweep_panel import SweepPanel
 from .progress_panel import ProgressPanel
 from .recovery_chart import RecoveryChart
 from .run_panel import RunPanel
+from .structure_link import connect_structure
 from .welcome_view import WelcomeView
 
 MAX_RECENT = 8
@@ -76,6 +78,7 @@ class MainWindow(QMainWindow):
         self.history = HistoryTable()
         self.progress_panel = ProgressPanel()
         self.bench = BenchPanel()
+        self.sweep_panel = SweepPanel(self.controller, self.calibration_panel.choice, self.evaluate_panel.path.text)
 
         self.control_tabs = QTabWidget()
         self.control_tabs.addTab(_scrolling(self.model_panel), "Model")
@@ -92,6 +95,7 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.overview, "Model overview")
         self.tabs.addTab(self.allocation, "Allocation")
         self.tabs.addTab(self.profile_panel, "Sensitivity")
+        self.tabs.addTab(self.sweep_panel, "Sweep")
         self.tabs.addTab(self.allocation_editor, "Edit allocation")
         self.tabs.addTab(self.recovery, "Recovery")
         self.tabs.addTab(self.history, "Runs")
@@ -162,6 +166,10 @@ class MainWindow(QMainWindow):
         c.profile_finished.connect(self._profile_finished)
         c.profile_stopped.connect(self._profile_stopped)
         self.evaluate_panel.evaluate_requested.connect(self.evaluate)
+        self.evaluate_panel.tasks.run_requested.connect(lambda choice: (self.progress_panel.begin(
+            "zero-shot tasks"), c.evaluate_tasks(choice)))
+        c.tasks_done.connect(lambda done: (self.evaluate_panel.tasks.show_results(done),
+                                           self.progress_panel.end("done: zero-shot tasks scored")))
         self.model_panel.restore_requested.connect(c.restore_dense)
         self.heatmap.tile_wanted.connect(c.request_tile)
         self.history.compare_requested.connect(lambda a, b: c.compare(a, b, self.selected_layer))
@@ -185,6 +193,7 @@ class MainWindow(QMainWindow):
         c.export_done.connect(self._export_done)
         c.weights_restored.connect(self._weights_restored)
         c.error.connect(self.show_error)
+        connect_structure(self)
         c.busy_changed.connect(self.progress_panel.stop_button.setEnabled)
         c.job_cancelled.connect(lambda name: self.progress_panel.end(f"cancelled: {name}; nothing was changed"))
         self.progress_panel.stop_requested.connect(c.cancel_current)
@@ -267,7 +276,7 @@ class MainWindow(QMainWindow):
     @Slot(object)
     def load_calibration(self, choice) -> None:
         self.message_bar.hide()
-        self.progress_panel.begin("tokenizing calibration")
+        self.progress_panel.begin("writing calibration text" if choice.generate else "tokenizing calibration")
         self.controller.load_calibration(choice)
 
     @Slot(object)
@@ -335,7 +344,8 @@ class MainWindow(QMainWindow):
         self.heatmap.clear()
         self.pages.setCurrentIndex(1)
         self.workspace_action.setEnabled(True)
-        self.control_tabs.setCurrentIndex(1 if not self.calibration_panel.paths() else 2)
+        self.control_tabs.setCurrentIndex(2 if self.calibration_panel.paths() or self.calibration_panel.generated.chosen
+                                          else 1)
         self._remember_model(loaded.source)
         if names:
             self.layer_tree.select(names[0])
@@ -343,7 +353,8 @@ class MainWindow(QMainWindow):
     @Slot(object)
     def _calibration_ready(self, calib) -> None:
         self.calibration_panel.show_ready(calib)
-        text = f"{calib.nsamples} calibration windows × {calib.seqlen} tokens"
+        text = f"{calib.nsamples} calibration windows × {calib.seqlen} tokens" + (
+            " written by the model itself (self-generated)" if calib.describe().get("source") else "")
         if self.controller.running:          # the first step of a run: the run's progress goes on
             self.progress_panel.write(text)
         else:

@@ -17,11 +17,14 @@ from typing import Iterator
 from .. import workbench as wb
 from ..compute import KERNEL_DTYPES
 from ..crashlog import write_crash_log
+from ..data.generated import GenerationOptions
 from ..errors import UserError
 from ..events import Job
+from ..evaluation.zero_shot import evaluate_tasks
 from ..export.compact import unpack_folder
 from ..inputs import parse_bytes, parse_tokens
 from ..kernels.benchmark import BenchOptions
+from ..kernels.hopper import add_bench_arguments, bench_choices
 from ..pruning.methods import METHODS
 from ..pruning.allocation import KINDS as ALLOCATIONS, AllocationOptions
 from ..pruning.methods.alps import Options as ALPSOptions
@@ -32,9 +35,11 @@ from ..workbench import CalibrationRequest, EvaluationRequest, ExportRequest, Op
 from .arguments import model_args, quant_scheme, quantize_args
 from .memory import fit_memory
 from . import profile as profile_cli
+from . import sweep as sweep_cli
 from .output import print_human
 from .progress import Progress
 from .structured import run_structure
+from .zero_shot import eval_request, eval_task_args, prune_request, prune_task_args, show_with_tasks
 
 EXIT_BUG = 1
 EXIT_USER_ERROR = 2
@@ -52,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     prune = sub.add_parser("prune", help="prune a model and export it")
     model_args(prune)
-    prune.add_argument("--calib", nargs="+", required=True, metavar="FILE", help="calibration text files")
+    prune.add_argument("--calib", nargs="+", default=[], metavar="FILE",
+                       help="calibration text files (none, or 'generated': text the model writes itself, seeded)")
     prune.add_argument("--text-field", default="text", help="field or column holding the text in JSON/CSV/Parquet")
     prune.add_argument("--method", default=None, choices=[*METHODS, "flap"],
                        help="the criterion (default wanda; with --structure flap, FLAP's fluctuation score)")
@@ -99,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--batch-size", type=int, default=0, help="windows per forward pass (default: ~4096 tokens)")
     prune.add_argument("--eval", metavar="FILE", help="text to measure perplexity on, before and after")
     prune.add_argument("--eval-windows", type=int, default=None, help="at most this many evaluation windows")
+    prune_task_args(prune)
     prune.add_argument("--out", required=True, help="output folder")
     prune.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     prune.add_argument("--stream", action="store_true",
@@ -111,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run as asked even where the estimate says it will not fit in memory (by default such a "
                             "run is streamed from disk, or its activations spilled, or it is refused)")
     quantize_args(prune, default=None)
-    prune.set_defaults(run=run_prune)
+    prune.set_defaults(run=run_prune, show=show_with_tasks("prune"))
 
     quantize = sub.add_parser("quantize", help="quantize a dense model (GPTQ or round-to-nearest) and export it")
     model_args(quantize)
@@ -121,15 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
         if action.dest in QUANTIZE_SHARES and action.dest not in own:
             quantize._add_action(action)
     pruning_only = {a.dest: a.default for a in prune._actions if a.dest not in QUANTIZE_SHARES | {"help"}}
-    quantize.set_defaults(run=run_prune, **{**pruning_only, "method": "none"})
+    quantize.set_defaults(run=run_prune, show=show_with_tasks("quantize"), **{**pruning_only, "method": "none"})
 
-    evaluate = sub.add_parser("eval", help="perplexity of a model on a text file")
+    evaluate = sub.add_parser("eval", help="perplexity of a model on a text file, zero-shot accuracy on tasks")
     model_args(evaluate)
-    evaluate.add_argument("--data", required=True, metavar="FILE")
+    evaluate.add_argument("--data", metavar="FILE", help="text to measure perplexity on")
     evaluate.add_argument("--text-field", default="text")
     evaluate.add_argument("--seqlen", type=int, default=None, help="tokens per window (default min(2048, context))")
     evaluate.add_argument("--eval-windows", type=int, default=None)
-    evaluate.set_defaults(run=run_eval)
+    eval_task_args(evaluate)
+    evaluate.set_defaults(run=run_eval, show=show_with_tasks("eval"))
 
     inspect = sub.add_parser("inspect", help="list decoder blocks and their prunable linear layers")
     model_args(inspect)
@@ -148,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--markdown", metavar="FILE", help="also write the results table as Markdown")
     bench.add_argument("--trust-remote-code", action="store_true", help="run the model authors' own code")
     bench.add_argument("--json", action="store_true", help="print the whole report as one JSON object on stdout")
+    add_bench_arguments(bench)
     bench.set_defaults(run=run_bench)
 
     unpack = sub.add_parser("unpack", help="turn a compact 2:4 folder back into an ordinary dense folder")
@@ -158,11 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     unpack.set_defaults(run=run_unpack)
 
     profile_cli.register(sub)
+    sweep_cli.register(sub)
     return parser
 
 
 QUANTIZE_SHARES = {"calib", "text_field", "nsamples", "seqlen", "seed", "ignore", "dampening", "batch_size", "eval",
-                   "no_memory_check",
+                   "no_memory_check", "eval_tasks", "eval_limit", "tasks_dir",
                    "eval_windows", "out", "overwrite", "memory_budget", "model", "device", "dtype",
                    "trust_remote_code", "json", "quantize", "group_size", "symmetric", "act_order",
                    "quant_method", "joint", "format", "gguf_type"}
@@ -175,6 +185,9 @@ def _check_files(paths: list[str], what: str) -> None:
 
 
 def run_prune(args, job: Job) -> dict:
+    tasks = prune_request(args)
+    if args.structure and tasks:
+        raise UserError(f"--eval-tasks does not combine with --structure yet: run `eval {args.out} --tasks ...`.")
     if args.structure:
         return run_structure(args, job)
     if args.method == "flap":
@@ -197,7 +210,12 @@ def run_prune(args, job: Job) -> dict:
         raise UserError(f"--compact and --format {args.format} ask for two formats: keep one.")
     export = ExportRequest(args.out, args.overwrite, "compact" if args.compact else args.format, args.gguf_type)
     export.check(plan, streamed=args.stream, job=job)
-    _check_files(args.calib, "calibration")
+    generate = GenerationOptions() if args.calib in ([], ["generated"]) else None
+    if generate is not None:
+        job.message("no --calib file: calibrating on text the model writes itself (self-generated, seed "
+                    f"{args.seed}); give --calib FILE to use your own")
+    else:
+        _check_files(args.calib, "calibration")
     if args.eval:
         _check_files([args.eval], "evaluation")
     if not args.no_memory_check:
@@ -207,14 +225,18 @@ def run_prune(args, job: Job) -> dict:
     wb.check_export(bench, export, plan)          # the checks that need the model (GGUF's architectures)
     if args.profile:
         profile_cli.load_for(args.profile, bench.loaded)    # refused when measured on another model
-    wb.calibrate(bench, CalibrationRequest(tuple(args.calib), args.nsamples, args.seqlen, args.seed, args.text_field),
-                 job)
+    wb.calibrate(bench, CalibrationRequest(() if generate else tuple(args.calib), args.nsamples, args.seqlen,
+                                           args.seed, args.text_field, generate), job)
     evaluation = EvaluationRequest(args.eval, args.seqlen, args.eval_windows, args.text_field) if args.eval else None
     if evaluation:
         wb.evaluate(bench, evaluation, job)
+    if tasks:
+        evaluate_tasks(bench, tasks, job)
     record = wb.prune(bench, plan, job, memory_budget=args.memory_budget, export=export if args.stream else None)
     if evaluation:
         wb.evaluate(bench, evaluation, job)
+    if tasks:
+        evaluate_tasks(bench, tasks, job)
     exported = None if record.exported else wb.export_run(bench, export, job)
     return _prune_summary(record, record.exported or exported.path, exported)
 
@@ -227,7 +249,7 @@ def _prune_summary(record, out, exported=None) -> dict:
         "sparsity": result.sparsity, "layers": len(result.layers),
         "skipped": [vars(s) for s in result.skipped], "seconds": result.seconds,
         "ppl_dense": record.ppl_dense.ppl if record.ppl_dense else None, "ppl": record.ppl.ppl if record.ppl else None,
-        "out": str(out),
+        "out": str(out), "zero_shot": record.zero_shot.describe() if record.zero_shot is not None else None,
         "compact": {"layers": compact.layers, "bytes": compact.compact_bytes, "dense_bytes": compact.dense_bytes,
                     "ratio": compact.ratio} if compact else None,
         "allocation": record.plan.blocks.describe() if record.plan.blocks is not None else None,
@@ -248,12 +270,18 @@ def _quant_summary(record) -> dict:
 
 
 def run_eval(args, job: Job) -> dict:
-    _check_files([args.data], "evaluation")
+    tasks = eval_request(args)
+    if args.data:
+        _check_files([args.data], "evaluation")
     bench = wb.Workbench(remember=False)
     wb.open_model(bench, OpenRequest(args.model, args.dtype, args.trust_remote_code), job)
-    result = wb.evaluate(bench, EvaluationRequest(args.data, args.seqlen, args.eval_windows, args.text_field), job).dense
-    return {"model": args.model, "ppl": result.ppl, "nll": result.nll, "windows": result.windows,
-            "seqlen": result.seqlen, "tokens": result.tokens, "seconds": result.seconds}
+    out = {"model": args.model, "zero_shot": evaluate_tasks(bench, tasks, job).describe() if tasks else None}
+    if args.data:
+        result = wb.evaluate(bench, EvaluationRequest(args.data, args.seqlen, args.eval_windows, args.text_field),
+                             job).dense
+        out.update({"ppl": result.ppl, "nll": result.nll, "windows": result.windows, "seqlen": result.seqlen,
+                    "tokens": result.tokens, "seconds": result.seconds})
+    return out
 
 
 def run_inspect(args, job: Job) -> dict:
@@ -273,7 +301,7 @@ def run_inspect(args, job: Job) -> dict:
 def run_bench(args, job: Job) -> dict:
     options = BenchOptions(tokens=parse_tokens(args.tokens), dtype=args.dtype, int8=not args.no_int8,
                            device=args.device, end_to_end=not args.no_end_to_end,
-                           prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens)
+                           prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, **bench_choices(args))
     options.validate()
     for path in (args.csv, args.markdown):
         if path:
@@ -350,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         with _handling_interrupts():
             args = build_parser().parse_args(argv)
             if args.command is None:
-                raise UserError("choose a subcommand: prune, quantize, eval, inspect, bench, unpack or profile "
+                raise UserError("choose a subcommand: prune, quantize, eval, inspect, bench, unpack, profile or sweep "
                                 "(compression-studio alone opens the studio)")
             _quiet_transformers()
             progress = Progress(enabled=True)
