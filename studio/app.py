@@ -28,7 +28,8 @@ def parse_args(argv):
     parser.add_argument("--calib", nargs="+", metavar="FILE", help="calibration files (default: WikiText-2 valid, if found)")
     parser.add_argument("--eval", metavar="FILE", help="perplexity text for --screenshot (default: WikiText-2 test, if found)")
     parser.add_argument("--size", default="1600x980", help="window size for --screenshot, WIDTHxHEIGHT")
-    parser.add_argument("--tab", choices=("layer", "overview", "allocation", "recovery", "runs", "benchmark", "export"),
+    parser.add_argument("--tab", choices=("layer", "overview", "allocation", "recovery", "runs", "benchmark", "export",
+                                          "sensitivity", "edit-allocation", "sweep"),
                         default="layer", help="which view --screenshot shows (export: the Export dialog alone)")
     parser.add_argument("--quantize", choices=("int4", "int8"), help="quantize the --screenshot run (GPTQ)")
     parser.add_argument("--allocation", choices=("uniform", "owl"),

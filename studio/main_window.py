@@ -37,6 +37,7 @@ from .progress_panel import ProgressPanel
 from .recovery_chart import RecoveryChart
 from .run_panel import RunPanel
 from .structure_link import connect_structure
+from .view_tabs import ViewTabs
 from .welcome_view import WelcomeView
 
 MAX_RECENT = 8
@@ -90,7 +91,7 @@ class MainWindow(QMainWindow):
         layer_page.addWidget(self.histograms)
         layer_page.addWidget(self.heatmap)
         layer_page.setSizes([330, 420])
-        self.tabs = QTabWidget()
+        self.tabs = ViewTabs()
         self.tabs.addTab(layer_page, "Layer")
         self.tabs.addTab(self.overview, "Model overview")
         self.tabs.addTab(self.allocation, "Allocation")

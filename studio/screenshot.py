@@ -97,7 +97,7 @@ class ScreenshotDriver(QObject):
             self.dialog.show()
             return
         views = {"layer": 0, "overview": w.overview, "allocation": w.allocation, "recovery": w.recovery,
-                 "runs": w.history, "benchmark": w.bench}
+                 "runs": w.history, "benchmark": w.bench, "sweep": w.sweep_panel}
         view = views[self.tab]
         if isinstance(view, int):
             w.tabs.setCurrentIndex(view)
