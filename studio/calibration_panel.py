@@ -17,6 +17,10 @@ from core.workbench import CalibrationRequest
 from .generated_calibration import GeneratedCalibration
 
 
+FILE_WINDOWS = (128, 2048)          # the papers' protocol
+GENERATED_WINDOWS = (32, 512)
+
+
 class CalibrationPanel(QGroupBox):
     load_requested = Signal(object)   # CalibrationRequest
 
@@ -37,8 +41,8 @@ class CalibrationPanel(QGroupBox):
         buttons.addWidget(remove)
         self.text_field = QLineEdit("text")
         self.text_field.setToolTip("The field (JSON lines) or column (CSV, Parquet) holding the text")
-        self.nsamples = _spin(1, 4096, 128)
-        self.seqlen = _spin(2, 32768, 2048)
+        self.nsamples = _spin(1, 4096, FILE_WINDOWS[0])
+        self.seqlen = _spin(2, 32768, FILE_WINDOWS[1])
         self.seed = _spin(0, 2**31 - 1, 0)
         form = QFormLayout()
         form.addRow("Text field", self.text_field)
@@ -103,6 +107,12 @@ class CalibrationPanel(QGroupBox):
         for widget in (self.files, self.text_field):
             widget.setEnabled(not chosen)
         self.load_button.setText("Write calibration text" if chosen else "Tokenize and draw windows")
+        # The reference 128 × 2048 is an hour of sampling on a CPU: the model's own text starts at 32 × 512
+        # (minutes) unless the user has set other numbers; files go back to the reference.
+        sizes = {True: GENERATED_WINDOWS, False: FILE_WINDOWS}
+        if (self.nsamples.value(), self.seqlen.value()) == sizes[not chosen]:
+            self.nsamples.setValue(sizes[chosen][0])
+            self.seqlen.setValue(min(sizes[chosen][1], self.seqlen.maximum()))
 
     def _choose(self) -> None:
         patterns = " ".join(f"*{s}" for s in SUPPORTED)

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from core.data.generated import GeneratedCalibration, GenerationOptions, generate_ids
+from studio.calibration_panel import FILE_WINDOWS, GENERATED_WINDOWS, CalibrationPanel
 
 pytest.importorskip("pytestqt")
 pytestmark = pytest.mark.qt_log_ignore(r"^This plugin does not support propagateSizeHints\(\)$")
@@ -52,3 +53,15 @@ def test_adding_a_file_switches_to_the_files_and_the_choice_can_come_back(qtbot,
     panel.generated.set_chosen(True)
     assert panel.choice().generate is not None and panel.choice().files == ()
     assert not panel.files.isEnabled() and panel.load_button.text() == "Write calibration text"
+
+
+def test_the_models_own_text_starts_small_and_files_go_back_to_the_reference(qtbot):
+    panel = CalibrationPanel()
+    qtbot.addWidget(panel)
+    assert panel.generated.chosen
+    assert (panel.nsamples.value(), panel.seqlen.value()) == GENERATED_WINDOWS
+    panel.generated.set_chosen(False)
+    assert (panel.nsamples.value(), panel.seqlen.value()) == FILE_WINDOWS
+    panel.nsamples.setValue(7)                      # the user's own numbers are kept
+    panel.generated.set_chosen(True)
+    assert panel.nsamples.value() == 7
