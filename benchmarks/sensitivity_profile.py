@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import os
 import time
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def main() -> None:
         "open_and_calibrate_seconds": opened, "spearman_fast_vs_measured": profile.spearman,
         "top10_measured": [[e.name, e.delta_ppl] for e in profile.ranked()[:10]],
         "top10_fast": [[e.name, e.error] for e in fast_top],
-        "note": "loaded shared machine (2 cores, 7 agents)",
+        "load_average": os.getloadavg()[0],
     }
     with RESULTS.open("a") as f:
         f.write(json.dumps(row) + "\n")
