@@ -43,6 +43,19 @@ class Turn:
         return run_block(self.block, self.hidden(batch), self.calls[batch])
 
 
+def run_gathering(turn: Turn, modules: dict, needs, job: Job) -> dict:
+    """Run the dense block over every batch into `turn.outputs`, gathering `needs` of `modules` on the way."""
+    collector = StatsCollector(modules, needs)
+    try:
+        with torch.no_grad():
+            for batch in range(len(turn.calls)):
+                job.check()
+                turn.outputs.append(turn.run(batch).to(turn.storage))
+    finally:
+        stats = collector.close()
+    return stats
+
+
 def capture(source, calib, placements, budget, batch_size, job: Job):
     """The first block's inputs (into a new store) and the other arguments of its calls."""
     first = torch.device(placements[0].device)
@@ -70,14 +83,7 @@ def survey_outliers(source, calib, plan: PrunePlan, placements, budget, batch_si
                        if plan.target_for(info.full_name) is not None}
             outputs = budget.new_store()
             turn = Turn(index, block, here, compute, source.storage_dtype, inputs, outputs, calls, source)
-            collector = StatsCollector(modules, {COLUMN_NORMS})
-            try:
-                with torch.no_grad():
-                    for batch in range(len(calls)):
-                        job.check()
-                        outputs.append(turn.run(batch).to(turn.storage))
-            finally:
-                stats = collector.close()
+            stats = run_gathering(turn, modules, {COLUMN_NORMS}, job)
             scores = [wanda.scores(weight_matrix(layer).float(), stats[name].column_norms.to(here))
                       for name, layer in modules.items()]
             ratios.append(allocation.outlier_ratio(scores, plan.allocation.owl_threshold) if scores else 0.0)

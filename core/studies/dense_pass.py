@@ -30,11 +30,11 @@ from ..pruning.activations import ActivationBudget, hidden_bytes
 from ..pruning.capture import auto_batch_size
 from ..pruning.in_memory import InMemoryBlocks
 from ..pruning.methods import METHODS
-from ..pruning.passes import Turn, capture
+from ..pruning.passes import Turn, capture, run_gathering
 from ..pruning.pipeline import default_compute_dtype
 from ..pruning.placement import Placement
 from ..pruning.plan import PrunePlan
-from ..pruning.stats import HESSIAN, LayerStats, StatsCollector
+from ..pruning.stats import HESSIAN, LayerStats
 
 
 @dataclass
@@ -102,14 +102,7 @@ def gather(loaded: LoadedModel, calib: CalibrationSet, plan: PrunePlan, names: s
             modules = {name: block.get_submodule(name) for name in wanted}
             outputs = budget.new_store()
             turn = Turn(index, block, device, compute, source.storage_dtype, inputs, outputs, calls, source)
-            collector = StatsCollector(modules, needs)
-            try:
-                with torch.no_grad():
-                    for batch in range(len(calls)):
-                        job.check()
-                        outputs.append(turn.run(batch).to(turn.storage))
-            finally:
-                stats = collector.close()
+            stats = run_gathering(turn, modules, needs, job)
             for name, info in wanted.items():
                 job.check()
                 weight = weight_matrix(modules[name]).detach()
