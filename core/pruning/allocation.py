@@ -218,18 +218,23 @@ def weighted_mean(values: list[float], params: list[int]) -> float:
     return sum(v * w for v, w in zip(values, params)) / total if total else 0.0
 
 
-def block_scores(profile) -> list[dict]:
-    """[{block, params, score}] per block from a `Profile` (anything with `block_scores()`) or a profile file."""
-    if hasattr(profile, "block_scores"):
-        return profile.block_scores()
-    path = Path(profile).expanduser()
+def read_profile_json(path: Path):
+    """The parsed contents of a profile file; a missing or unreadable file is a UserError."""
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"profile {path}: no such file.") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"profile {path} is not a JSON file ({exc}): give a file written by "
                         f"`compression-studio profile`.") from None
+
+
+def block_scores(profile) -> list[dict]:
+    """[{block, params, score}] per block from a `Profile` (anything with `block_scores()`) or a profile file."""
+    if hasattr(profile, "block_scores"):
+        return profile.block_scores()
+    path = Path(profile).expanduser()
+    data = read_profile_json(path)
     scores = data.get("block_scores") if isinstance(data, dict) else None
     if not isinstance(scores, list):
         raise UserError(f"{path} has no per-block sensitivity (a profile by layer kind has none): profile by "

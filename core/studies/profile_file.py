@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from ..pruning.allocation import read_profile_json
 
 FORMAT = "compression-studio sensitivity profile"
 VERSION = 1
@@ -129,13 +130,7 @@ def save_profile(profile: Profile, path: str | Path) -> Path:
 def load_profile(path: str | Path, identity: dict | None = None) -> Profile:
     """Read a profile; with `identity` (`model_identity(loaded)`), refuse one measured on another model."""
     path = Path(path).expanduser()
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"profile {path}: no such file.") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"profile {path} is not a JSON file ({exc}): give a file written by "
-                        f"`compression-studio profile`.") from None
+    data = read_profile_json(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise UserError(f"{path} is not a sensitivity profile: give a file written by `compression-studio profile`.")
     try:
