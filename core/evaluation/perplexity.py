@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import torch
@@ -44,6 +45,12 @@ def evaluation_windows(tokenizer, path: str | Path, seqlen: int, max_windows: in
     return ids[: count * seqlen].view(count, seqlen)
 
 
+def _window_nll(logits: torch.Tensor, batch: torch.Tensor) -> tuple[float, int]:
+    """Summed negative log-likelihood of each window's next tokens, and how many tokens were predicted."""
+    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum")
+    return float(nll), batch[:, 1:].numel()
+
+
 @torch.no_grad()
 def perplexity(
     model,
@@ -52,8 +59,10 @@ def perplexity(
     device: str = "auto",
     batch_size: int = 1,
     job: Job | None = None,
+    before_batch: Callable[[int, int], None] | None = None,
 ) -> Perplexity:
-    """Score `windows` [n, seqlen]; the model is moved to `device` for the run and back afterwards."""
+    """Score `windows` [n, seqlen]; the model is moved to `device` for the run and back afterwards.
+    `before_batch(start, stop)`, if given, is called before windows start:stop go through the model."""
     check_window_length(model.config, windows.shape[1])
     job = as_job(job)
     target = resolve_device(device)
@@ -65,11 +74,13 @@ def perplexity(
         for start in range(0, windows.shape[0], batch_size):
             job.check()
             job.phase("perplexity", start, windows.shape[0])
-            batch = windows[start:start + batch_size].to(target)
-            logits = model(input_ids=batch, use_cache=False).logits
-            nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum")
-            total_nll += float(nll)
-            total_tokens += batch[:, 1:].numel()
+            stop = min(start + batch_size, windows.shape[0])
+            if before_batch is not None:
+                before_batch(start, stop)
+            batch = windows[start:stop].to(target)
+            nll, tokens = _window_nll(model(input_ids=batch, use_cache=False).logits, batch)
+            total_nll += nll
+            total_tokens += tokens
     finally:
         model.to(home)
     job.phase("perplexity", windows.shape[0], windows.shape[0])

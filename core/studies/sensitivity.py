@@ -3,7 +3,9 @@
 A unit is a layer, a whole decoder block, or a layer kind (every `mlp.down_proj`, say). The dense
 statistics of every layer come from one pass over the calibration data (`dense_pass.gather`); each unit
 then costs its layers' masks (and weight updates, for SparseGPT), one perplexity pass over a few windows
-of the evaluation text, and a restore of the unit's weights, bit for bit. Fast mode skips the perplexity
+of the evaluation text, and a restore of the unit's weights, bit for bit. The pass starts at the unit's
+first block: the dense blocks before it are recorded once (`evaluation.from_block`), so a layer halfway
+down costs about half a pass. Fast mode skips the perplexity
 passes and ranks units by the method's relative output error on the calibration inputs instead (the
 mean over the unit's layers). A measured profile records both scores, and how well the fast ranking
 agrees with the measured one (Spearman's ρ).
@@ -23,6 +25,7 @@ import torch
 
 from ..data.calibration import default_seqlen
 from ..errors import UserError
+from ..evaluation.from_block import DEFAULT_MAX_BYTES, BlockInputs, cache_bytes
 from ..evaluation.perplexity import evaluation_windows, perplexity
 from ..events import Event, Job, as_job
 from ..models.architectures import set_weight_matrix, weight_matrix
@@ -129,15 +132,17 @@ def run_profile(bench: Workbench, request: ProfileRequest, job: Job | None = Non
         units = units_of(loaded.layout, request.unit, set(dense.errors))
         if not units:
             raise UserError(f"no layer of this model can be pruned with pattern {plan.pattern}: choose another pattern.")
-        dense_ppl = None
+        dense_ppl = recorded = None
         if windows is not None:
-            dense_ppl = bench.dense_ppl.get(evaluation) or perplexity(loaded.model, windows, device=plan.device, job=job)
-            bench.dense_ppl[evaluation] = dense_ppl
+            recorded = _record_block_inputs(loaded, windows, plan, job)
+            dense_ppl = recorded.dense if recorded is not None else (
+                bench.dense_ppl.get(evaluation) or perplexity(loaded.model, windows, device=plan.device, job=job))
+            bench.dense_ppl.setdefault(evaluation, dense_ppl)
         entries = []
         for i, unit in enumerate(units):
             job.check()
             job.phase("profile", i, len(units), unit.name)
-            entry = _measure(loaded, plan, dense, unit, windows, dense_ppl, job)
+            entry = _measure(loaded, plan, dense, unit, windows, recorded, dense_ppl, job)
             entries.append(entry)
             job.emit(UnitProfiled(entry, i + 1, len(units)))
         job.phase("profile", len(units), len(units))
@@ -153,7 +158,18 @@ def run_profile(bench: Workbench, request: ProfileRequest, job: Job | None = Non
     return profile
 
 
-def _measure(loaded, plan: PrunePlan, dense: DenseStats, unit: _Unit, windows, dense_ppl, job: Job) -> UnitEntry:
+def _record_block_inputs(loaded, windows, plan: PrunePlan, job: Job) -> BlockInputs | None:
+    """Every block's dense input on the evaluation windows, so that a unit in block k is evaluated from
+    block k on; None (evaluate whole passes) when they would take more than `DEFAULT_MAX_BYTES`."""
+    blocks = loaded.layout.blocks
+    dtype = next(loaded.model.parameters()).dtype
+    if cache_bytes(windows, loaded.model.config.hidden_size, len(blocks), dtype) > DEFAULT_MAX_BYTES:
+        return None
+    return BlockInputs.record(loaded.model, blocks, windows, device=plan.device, job=job)
+
+
+def _measure(loaded, plan: PrunePlan, dense: DenseStats, unit: _Unit, windows, recorded: BlockInputs | None,
+             dense_ppl, job: Job) -> UnitEntry:
     tic = time.perf_counter()
     error = sum(dense.errors[name] for name, _, _ in unit.layers) / len(unit.layers)
     params = sum(info.parameters for _, _, info in unit.layers)
@@ -171,7 +187,11 @@ def _measure(loaded, plan: PrunePlan, dense: DenseStats, unit: _Unit, windows, d
                     stats.cache.clear()
                     set_weight_matrix(layer, outcome.weight.to(dense.storage))
                     del outcome
-            ppl = perplexity(loaded.model, windows, device=plan.device, job=job).ppl
+            if recorded is not None:
+                first = min(block for _, block, _ in unit.layers)
+                ppl = recorded.perplexity_from(loaded.model, first, windows, device=plan.device, job=job).ppl
+            else:
+                ppl = perplexity(loaded.model, windows, device=plan.device, job=job).ppl
             delta = ppl - dense_ppl.ppl
         finally:
             with torch.no_grad():
