@@ -28,7 +28,7 @@ class _PassThrough(nn.Module):
         self.as_tuple = as_tuple
 
     def forward(self, *args, **kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
+        hidden = _hidden_of(args, kwargs)
         return (hidden,) if self.as_tuple else hidden
 
 
@@ -43,7 +43,7 @@ def _with_hidden(args, kwargs, hidden):
 
 
 def cache_bytes(windows: torch.Tensor, hidden_size: int, blocks: int, dtype: torch.dtype) -> int:
-    return windows.numel() * hidden_size * blocks * torch.empty((), dtype=dtype).element_size()
+    return windows.numel() * hidden_size * blocks * dtype.itemsize
 
 
 class BlockInputs:
