@@ -12,7 +12,7 @@ from torch import nn
 from ..events import BlockRecovered, Job
 from ..models.architectures import weight_matrix
 from ..patterns import follows_pattern
-from ..recovery.blockwise import micro_batches, recover
+from ..recovery.blockwise import micro_batches, recover_in_float32
 from . import allocation
 from .activations import ActivationStore
 from .capture import BlockCall, capture_first_block_inputs, run_block
@@ -116,11 +116,10 @@ def recover_block(turn: Turn, modules: dict[str, nn.Module], plan: PrunePlan, pa
     micro = micro_batches(sizes, options.batch_windows)
     block = turn.block
     trained = [layer.weight for layer in modules.values()]
-    grad_before = {p: p.requires_grad for p in block.parameters()}
-    compute = turn.compute
-    if compute != torch.float32:
-        block.float()
-    calls = turn.calls if compute == torch.float32 else [c.to(turn.device, torch.float32) for c in turn.calls]
+    if turn.compute == torch.float32:
+        calls = turn.calls
+    else:
+        calls = [c.to(turn.device, torch.float32) for c in turn.calls]
 
     def forward(micro):
         b, start, stop = micro
@@ -131,19 +130,7 @@ def recover_block(turn: Turn, modules: dict[str, nn.Module], plan: PrunePlan, pa
         b, start, stop = micro
         return turn.targets[b][start:stop].to(turn.device, torch.float32)
 
-    try:
-        for p in block.parameters():
-            p.requires_grad_(False)
-        for p in trained:
-            p.requires_grad_(True)
-        job.phase("recover", 0, options.total_steps(sum(sizes)), f"block {turn.index}")
-        curve = recover(turn.index, trained, forward, target, micro, options, job)
-    finally:
-        for p, flag in grad_before.items():
-            p.requires_grad_(flag)
-            p.grad = None
-        if compute != torch.float32:
-            block.to(compute)
+    curve = recover_in_float32(turn.index, block, trained, forward, target, micro, options, job)
     with torch.no_grad():
         for name, layer in modules.items():
             layer.weight.data = layer.weight.data.to(turn.storage).to(layer.weight.dtype)

@@ -88,6 +88,32 @@ def recover(
     return RecoveryCurve(block, before, after, total, time.perf_counter() - started, losses)
 
 
+def recover_in_float32(index: int, block: nn.Module, parameters: Sequence[nn.Parameter],
+                       forward: Callable[[MicroBatch], torch.Tensor], target: Callable[[MicroBatch], torch.Tensor],
+                       batches: Sequence[MicroBatch], options: RecoveryOptions, job: Job) -> RecoveryCurve:
+    """`recover` on a block that may compute in half precision: the block trains in float32 with only
+    `parameters` taking gradients, and afterwards has its dtype and every parameter's `requires_grad` back
+    (also on cancel). `forward` must feed the block float32 inputs."""
+    dtype = next(block.parameters()).dtype
+    grad_before = {p: p.requires_grad for p in block.parameters()}
+    if dtype != torch.float32:
+        block.float()
+    try:
+        for p in block.parameters():
+            p.requires_grad_(False)
+        for p in parameters:
+            p.requires_grad_(True)
+        job.phase("recover", 0, options.total_steps(sum(stop - start for _, start, stop in batches)),
+                  f"block {index}")
+        return recover(index, parameters, forward, target, batches, options, job)
+    finally:
+        for p, flag in grad_before.items():
+            p.requires_grad_(flag)
+            p.grad = None
+        if dtype != torch.float32:
+            block.to(dtype)
+
+
 def masked_step(loss: torch.Tensor, optimizer, parameters, frozen) -> float:
     """One optimizer step on `loss` in which the positions `frozen` (the pruned zeros) neither get a gradient
     nor move: their gradients are masked and they are reset to exactly zero after the step."""

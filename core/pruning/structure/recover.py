@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ...events import BlockRecovered, Job
-from ...recovery.blockwise import RecoveryCurve, micro_batches, recover
+from ...recovery.blockwise import RecoveryCurve, micro_batches, recover_in_float32
 from ...recovery.e2e import recover_model
 from ...recovery.options import RecoveryOptions
 from ..activations import ActivationStore
@@ -44,13 +44,10 @@ def recover_block(index: int, block: nn.Module, inputs: ActivationStore, targets
                   options: RecoveryOptions, job: Job) -> RecoveryCurve:
     """Train a shrunk block towards `targets` in float32 (whatever it computes in), then back to its dtype."""
     sizes = [inputs[b].shape[0] for b in range(len(inputs))]
-    dtype = next(block.parameters()).dtype
     device = next(block.parameters()).device
-    if dtype != torch.float32:
-        block.float()
+    if next(block.parameters()).dtype != torch.float32:
         calls = [c.to(device, torch.float32) for c in calls]
     trained = trained_parameters(block)
-    grad_before = {p: p.requires_grad for p in block.parameters()}
 
     def forward(micro):
         b, start, stop = micro
@@ -60,19 +57,8 @@ def recover_block(index: int, block: nn.Module, inputs: ActivationStore, targets
         b, start, stop = micro
         return targets[b][start:stop].to(device, torch.float32)
 
-    try:
-        for p in block.parameters():
-            p.requires_grad_(False)
-        for p in trained:
-            p.requires_grad_(True)
-        job.phase("recover", 0, options.total_steps(sum(sizes)), f"block {index}")
-        curve = recover(index, trained, forward, target, micro_batches(sizes, options.batch_windows), options, job)
-    finally:
-        for p, flag in grad_before.items():
-            p.requires_grad_(flag)
-            p.grad = None
-        if dtype != torch.float32:
-            block.to(dtype)
+    micro = micro_batches(sizes, options.batch_windows)
+    curve = recover_in_float32(index, block, trained, forward, target, micro, options, job)
     job.emit(BlockRecovered(index, curve))
     return curve
 

@@ -8,7 +8,7 @@ from core.events import BlockRecovered, Cancelled, CancelToken, Job, RecoverySte
 from core.models.architectures import weight_matrix
 from core.models.open import open_model
 from core.patterns import follows_pattern
-from core.pruning import passes, pipeline
+from core.pruning import pipeline
 from core.pruning.capture import capture_first_block_inputs, run_block
 from core.pruning.activations import ActivationStore
 from core.pruning.plan import PrunePlan
@@ -43,7 +43,7 @@ def test_every_mask_is_exact_after_recovery_and_the_error_falls(tiny_llama_folde
         return curve
 
     finals = []
-    monkeypatch.setattr(passes, "recover", spy)
+    monkeypatch.setattr(blockwise, "recover", spy)
     loaded = open_model(tiny_llama_folder)
     recorder = Recorder()
     result = pipeline.prune(loaded, calib, PrunePlan.build(method="wanda", pattern=pattern, batch_size=4,
@@ -77,7 +77,7 @@ def test_the_targets_are_the_dense_blocks_outputs_on_the_dense_inputs(tiny_llama
         seen[block] = torch.cat([target(b) for b in batches])
         return real(block, parameters, forward, target, batches, options, job)
 
-    monkeypatch.setattr(passes, "recover", spy)
+    monkeypatch.setattr(blockwise, "recover", spy)
     loaded = open_model(tiny_llama_folder)
     pipeline.prune(loaded, calib, PrunePlan.build(method="wanda", batch_size=4, recovery=RECOVER))
     for i in (0, 1):      # block 1's targets come from the dense block 0's outputs, not the pruned one's
@@ -120,3 +120,48 @@ def test_a_call_cut_to_some_windows_gives_those_windows_outputs(tiny_llama_folde
 def test_recovery_options_count_steps_from_epochs():
     assert RecoveryOptions("blockwise", epochs=2, batch_windows=4).total_steps(10) == 6
     assert RecoveryOptions("blockwise", steps=7).total_steps(10) == 7
+
+
+def _bf16_block():
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)).to(torch.bfloat16)
+    block[1].bias.requires_grad_(False)          # a flag the helper must give back as it found it
+    inputs = torch.randn(16, 8)
+    targets = inputs @ torch.randn(8, 8)
+    return block, inputs, targets
+
+
+def test_recovery_of_a_half_precision_block_trains_in_float32_and_gives_back_dtype_and_flags():
+    block, inputs, targets = _bf16_block()
+    untrained = block[1].weight.detach().clone()
+    seen = []
+
+    def forward(micro):
+        seen.append({p.dtype for p in block.parameters()})
+        return block(inputs[micro[1]:micro[2]])
+
+    curve = blockwise.recover_in_float32(0, block, [block[0].weight], forward, lambda m: targets[m[1]:m[2]],
+                                         blockwise.micro_batches([16], 4), RecoveryOptions("blockwise", steps=30),
+                                         Job())
+    assert seen and all(dtypes == {torch.float32} for dtypes in seen)
+    assert curve.after < curve.before
+    assert {p.dtype for p in block.parameters()} == {torch.bfloat16}
+    assert [p.requires_grad for p in block.parameters()] == [True, True, True, False]
+    assert all(p.grad is None for p in block.parameters())
+    assert torch.equal(block[1].weight, untrained)          # not among the trained parameters
+
+
+def test_a_cancel_inside_half_precision_recovery_still_gives_back_dtype_and_flags():
+    block, inputs, targets = _bf16_block()
+    token = CancelToken()
+
+    def on_event(event):
+        if isinstance(event, RecoveryStep) and event.step == 2:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        blockwise.recover_in_float32(0, block, [block[0].weight], lambda m: block(inputs[m[1]:m[2]]),
+                                     lambda m: targets[m[1]:m[2]], blockwise.micro_batches([16], 4),
+                                     RecoveryOptions("blockwise", steps=30), Job(on_event, token))
+    assert {p.dtype for p in block.parameters()} == {torch.bfloat16}
+    assert [p.requires_grad for p in block.parameters()] == [True, True, True, False]
