@@ -16,7 +16,8 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QAbstractItemView, QDoubleSpinBox, QHBoxLayout, QHeaderView, QLabel, QPushButton,
                                QSizePolicy, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
-from core.pruning.allocation_edit import rebalance, resulting_size, shift_to_mean, weighted_mean
+from core.errors import UserError
+from core.pruning.allocation_edit import rebalance, resulting_size, shift_to_mean, snap_to_levels, weighted_mean
 
 from .plot_legend import legend_below
 
@@ -27,6 +28,8 @@ TARGET = (200, 40, 40)
 BOUND = (150, 150, 150)
 HINT = ("Drag a bar up or down, or type a block's sparsity in the table: the other blocks move together to keep "
         "the average at the Prune panel's target. A block you set stays put (dark) until you clear the locks.")
+LEVELS_HINT = (" With an N:{m} pattern a block keeps N' of every {m} weights, so each bar takes a multiple of 1/{m} "
+               "(0 is dense).")
 MiB, GiB = 2**20, 2**30
 SPARSITY = 1                      # the table's editable column (first after the block: visible when narrow)
 
@@ -73,6 +76,8 @@ class AllocationEditor(QWidget):
         self.sparsities: tuple[float, ...] = ()
         self.locked: set[int] = set()
         self.target = 0.5
+        self.m = 0                        # N:M pattern's group size: every bar a multiple of 1/m; 0 for any value
+        self.level_problem = ""           # why the bars could not be brought to those levels
         self.source = "uniform"           # what the bars came from: uniform, OWL, profile, edited
         self.selected: int | None = None
         self.owl: tuple[float, ...] | None = None
@@ -183,6 +188,17 @@ class AllocationEditor(QWidget):
             return self._fill([self.target] * len(self.params), "uniform")
         self._fill(shift_to_mean(self.sparsities, self.params, self.target, *self.bounds, self.locked), self.source)
 
+    def set_pattern(self, m: int, target: float | None = None) -> None:
+        """The Prune panel's pattern changed: an N:m pattern (m ≥ 2) allows only multiples of 1/m per block
+        and sets the target itself; any other pattern (m = 0) allows every value."""
+        self.m = m if m >= 2 else 0
+        self.hint.setText(HINT + (LEVELS_HINT.format(m=self.m) if self.m else ""))
+        if target is not None:
+            self.target = float(target)
+        if not self.params:
+            return self._redraw()
+        self._fill(shift_to_mean(self.sparsities, self.params, self.target, *self.bounds, self.locked), self.source)
+
     def set_owl(self, sparsities) -> None:
         """The per-block sparsity OWL chose in a run on this model: the OWL preset from now on."""
         if len(sparsities) == len(self.params):
@@ -219,6 +235,8 @@ class AllocationEditor(QWidget):
         if not 0 <= index < len(self.params):
             return
         lo, hi = self.bounds
+        if self.m:
+            value = round(value * self.m) / self.m
         values = rebalance(self.sparsities, self.params, index, value, lo, hi, self.locked - {index})
         self.locked.add(index)
         self.selected = index
@@ -256,6 +274,12 @@ class AllocationEditor(QWidget):
 
     # ---- drawing -------------------------------------------------------------------------------------
     def _fill(self, values, source: str) -> None:
+        self.level_problem = ""
+        if self.m:
+            try:
+                values = snap_to_levels(values, self.params, self.m, self.target, *self.bounds, self.locked)
+            except UserError as exc:
+                self.level_problem = str(exc)
         self.sparsities = tuple(float(v) for v in values)
         self.source = source
         self._redraw()
@@ -301,7 +325,8 @@ class AllocationEditor(QWidget):
             f"{min(self.sparsities):.1%}–{max(self.sparsities):.1%}. Keeps {_count(size.kept_params)} of "
             f"{_count(size.total_params)} parameters: about <b>{_bytes(size.sparse_bytes)}</b> stored sparse "
             f"(kept values + a 1-bit mask); an ordinary HF folder stores the zeros and stays "
-            f"{_bytes(size.dense_bytes)}.")
+            f"{_bytes(size.dense_bytes)}." + (f" <b>Not N:{self.m} levels:</b> {self.level_problem}"
+                                              if self.level_problem else ""))
 
     def _update_presets(self) -> None:
         self.owl_button.setEnabled(self.owl is not None)

@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (QDialog, QDockWidget, QMainWindow, QScrollArea, Q
 
 from core.data.texts import PLAIN, TABULAR
 from core.errors import UserError
+from core.patterns import parse_pattern
 from core.studies.profile_file import load_profile, model_identity, save_profile
 
 from .allocation_chart import AllocationChart
@@ -158,6 +159,7 @@ class MainWindow(QMainWindow):
         self.allocation_editor.edited.connect(self.run_panel.set_explicit)
         self.allocation_editor.set_target(self.run_panel.sparsity.value())
         self.run_panel.sparsity.valueChanged.connect(self._target_changed)
+        self.run_panel.pattern.currentTextChanged.connect(self._pattern_changed)
         self.profile_panel.start_requested.connect(self.start_profile)
         self.profile_panel.cancel_requested.connect(c.cancel_profile)
         self.profile_panel.use_requested.connect(self._use_profile)
@@ -408,8 +410,25 @@ class MainWindow(QMainWindow):
 
     @Slot(float)
     def _target_changed(self, target: float) -> None:
+        if self.allocation_editor.m:             # an N:M pattern sets the target, not the sparsity box
+            return
         self.allocation_editor.set_target(target)
         if self.allocation_editor.params:        # the bars moved to the new average: Run uses them as they are
+            self.run_panel.set_explicit(self.allocation_editor.sparsities, choose=False)
+
+    @Slot(str)
+    def _pattern_changed(self, text: str) -> None:
+        """N:M: the editor's bars snap to multiples of 1/M around the pattern's sparsity; otherwise any value
+        around the sparsity box's. Text that is no pattern (yet) changes nothing: Run says what is wrong."""
+        try:
+            pattern = parse_pattern(text.strip() or "unstructured")
+        except (UserError, ValueError):
+            return
+        if pattern.structured:
+            self.allocation_editor.set_pattern(pattern.m, pattern.sparsity)
+        else:
+            self.allocation_editor.set_pattern(0, self.run_panel.sparsity.value())
+        if self.allocation_editor.params:
             self.run_panel.set_explicit(self.allocation_editor.sparsities, choose=False)
 
     @Slot(object)

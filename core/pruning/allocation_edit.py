@@ -8,6 +8,8 @@ a block that reaches a bound stopping there (the KKT conditions of that projecti
 (ones the user set before) do not move. A value the others cannot make up for is brought to the
 nearest one they can.
 
+`snap_to_levels` brings an allocation to the levels an N:M pattern allows (multiples of 1/M).
+
 `resulting_size` estimates what the edited allocation leaves: weights kept, and the bytes of the kept
 values plus a one-bit mask per prunable weight (how a sparse format stores unstructured sparsity; an
 ordinary folder stores the zeros and stays the dense size).
@@ -15,6 +17,7 @@ ordinary folder stores the zeros and stays the dense size).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -78,6 +81,41 @@ def rebalance(sparsities: Sequence[float], params_per_block: Sequence[int], inde
     edited = list(sparsities)
     edited[index] = value
     return shift_to_mean(edited, params_per_block, mean, lo, hi, set(locked) | {index})
+
+
+def snap_to_levels(sparsities: Sequence[float], params: Sequence[int], m: int, target: float | None = None,
+                   lo: float = 0.0, hi: float = 0.99, locked: Iterable[int] = ()) -> tuple[float, ...]:
+    """Every block's sparsity made a multiple of 1/m, what an N:m pattern per block can be (k of m pruned,
+    k < m), within [lo, hi]. Locked blocks go to their nearest level; the others start at theirs, and then
+    one block at a time moves one level, while that brings the parameter-weighted mean closer to `target`
+    (by default the mean of `sparsities`): the move that gets nearest, the one that strays least from the
+    values among equals. With equal blocks that is the nearest choice of levels with the target's mean
+    (a separable convex problem, which such moves solve), reached whenever target·m·blocks is whole."""
+    _check(sparsities, params)
+    _check_bounds(lo, hi)
+    if m < 2:
+        raise UserError(f"an N:M pattern needs M of at least 2, not {m}.")
+    low, high = math.ceil(lo * m - 1e-9), min(m - 1, math.floor(hi * m + 1e-9))
+    if low > high:
+        raise UserError(f"no multiple of 1/{m} lies within [{lo:g}, {hi:g}] below {(m - 1) / m:g}: widen the "
+                        f"bounds for an N:{m} pattern.")
+    goal = (weighted_mean(sparsities, params) if target is None else float(target)) * m * sum(params)
+    want = [float(s) * m for s in sparsities]
+    levels = [min(high, max(low, round(w))) for w in want]
+    free = [i for i in range(len(levels)) if i not in set(locked) and params[i] > 0]
+    excess = sum(k * w for k, w in zip(levels, params)) - goal
+    while True:
+        step = -1 if excess > 0 else 1
+        helpful = [i for i in free if low <= levels[i] + step <= high and abs(excess + step * params[i]) < abs(excess)]
+        if not helpful:
+            break
+        # the move that gets nearest the target; among equals, the one that adds the least weighted squared
+        # distance from the values, w·((k+step−v)² − (k−v)²)
+        i = min(helpful, key=lambda i: (round(abs(excess + step * params[i]), 9),
+                                        params[i] * (1 + 2 * step * (levels[i] - want[i]))))
+        levels[i] += step
+        excess += step * params[i]
+    return tuple(k / m for k in levels)
 
 
 @dataclass(frozen=True)

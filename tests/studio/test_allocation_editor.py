@@ -149,3 +149,56 @@ def test_run_uses_the_edited_allocation(qtbot, studio_window, studio_tiny_llama,
     for layer in record.result.layers:
         assert layer.sparsity == pytest.approx([0.3, 0.7][layer.block], abs=0.02)
     assert window.allocation.bar_heights == pytest.approx([0.3, 0.7])
+
+
+def test_with_an_nm_pattern_a_dragged_bar_and_the_others_take_multiples_of_1_over_m(qtbot, editor):
+    editor.set_pattern(4, 0.5)
+    assert editor.bar_heights == pytest.approx([0.5] * 4) and "multiple of 1/4" in editor.hint.text()
+    drag(qtbot, editor, 3, 0.5, 0.28)                       # 400 weights pulled to about a quarter
+    heights = editor.bar_heights
+    assert all(abs(h * 4 - round(h * 4)) < 1e-12 for h in heights)
+    assert heights[3] == 0.25
+    # block 3 gave up 0.25 × 400 = 100 weighted points; the others, shifted to 0.667 and rounded to 0.75, take
+    # 200 too many, which block 2 (200 weights) one level down gives back exactly
+    assert heights == [0.75, 0.75, 0.5, 0.25]
+    assert weighted(heights) == pytest.approx(0.5, abs=1e-12)
+    assert editor.locked == {3}
+    editor.set_pattern(0, 0.5)                              # back to unstructured: every value allowed again
+    editor.table.item(0, SPARSITY).setText("33")
+    assert editor.bar_heights[0] == pytest.approx(0.33)
+
+
+def test_bounds_that_hold_no_level_say_so_instead_of_snapping(qtbot, editor):
+    editor.lo.setValue(0.3)
+    editor.hi.setValue(0.45)
+    editor.set_pattern(4, 0.5)
+    assert "no multiple of 1/4 lies within" in editor.summary.text()
+
+
+def test_a_2_4_run_uses_the_edited_levels_as_per_block_patterns(qtbot, studio_window, studio_tiny_llama,
+                                                               studio_calib_text):
+    window = studio_window
+    with qtbot.waitSignal(window.controller.model_opened, timeout=WAIT):
+        window.open_model(str(studio_tiny_llama))
+    window.calibration_panel.add_files([str(studio_calib_text)])
+    window.calibration_panel.nsamples.setValue(4)
+    window.calibration_panel.seqlen.setValue(32)
+    panel = window.run_panel
+    panel.device.setCurrentIndex(panel.device.findData("cpu"))
+    panel.sparsity.setValue(0.3)                            # ignored: 2:4 sets the average to 0.5
+    panel.pattern.setCurrentText("2:4")
+    editor = window.allocation_editor
+    assert editor.m == 4 and editor.target == 0.5 and editor.bar_heights == pytest.approx([0.5, 0.5])
+    editor.table.item(0, SPARSITY).setText("30")            # snaps to 25%, block 1 makes up with 75%
+    assert editor.bar_heights == pytest.approx([0.25, 0.75])
+    assert panel.plan_options()["allocation"].sparsities == pytest.approx((0.25, 0.75))
+    with qtbot.waitSignal(window.controller.run_finished, timeout=WAIT) as blocker:
+        window.start_run()
+    record = blocker.args[0]
+    from core.models.architectures import weight_matrix
+    from core.patterns import Pattern, follows_pattern
+    for layer in record.result.layers:
+        keep = {0: 3, 1: 1}[layer.block]                    # 1 of 4 pruned in block 0, 3 of 4 in block 1
+        matrix = weight_matrix(window.controller.loaded.model.get_submodule(layer.name))
+        assert follows_pattern(matrix, Pattern(keep, 4))
+        assert layer.sparsity == pytest.approx(1 - keep / 4, abs=0.01)

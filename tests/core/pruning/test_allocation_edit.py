@@ -11,7 +11,7 @@ import torch
 
 from core.errors import UserError
 from core.pruning.allocation_edit import (feasible_range, rebalance, resulting_size, shift_to_mean,
-                                          weighted_mean)
+                                          snap_to_levels, weighted_mean)
 
 
 def brute_force(sparsities, params, index, value, lo, hi, locked=()):
@@ -118,3 +118,62 @@ def test_mismatched_lengths_and_bad_bounds_say_what_to_do():
         rebalance([0.5, 0.5], [1, 1], 0, 0.3, 0.8, 0.2)
     with pytest.raises(UserError, match="does not exist"):
         rebalance([0.5, 0.5], [1, 1], 5, 0.3)
+
+
+# ---- N:M levels -----------------------------------------------------------------------------------------
+
+def _closest_levels_by_enumeration(sparsities, m, target, low, high):
+    """Equal blocks: of every choice of levels in [low, high] whose mean is the target, the one nearest the
+    given values (least sum of squared changes)."""
+    want = [s * m for s in sparsities]
+    best = None
+    for levels in itertools.product(range(low, high + 1), repeat=len(sparsities)):
+        if sum(levels) != round(target * m * len(levels)):
+            continue
+        cost = sum((k - w) ** 2 for k, w in zip(levels, want))
+        best = cost if best is None or cost < best else best
+    return best
+
+
+@pytest.mark.parametrize("m", [4, 8])
+def test_levels_of_equal_blocks_meet_the_mean_and_are_the_nearest_such_choice(m):
+    rng = random.Random(m)
+    for _ in range(25):
+        sparsities = [rng.uniform(0.05, 0.9) for _ in range(5)]
+        target = round(rng.uniform(0.2, 0.7) * m * 5) / (m * 5)
+        snapped = snap_to_levels(sparsities, [10] * 5, m, target)
+        levels = [round(s * m) for s in snapped]
+        assert all(abs(s * m - k) < 1e-12 for s, k in zip(snapped, levels))
+        assert sum(levels) == round(target * m * 5)
+        cost = sum((k - s * m) ** 2 for k, s in zip(levels, sparsities))
+        assert cost == pytest.approx(_closest_levels_by_enumeration(sparsities, m, target, 0, m - 1))
+
+
+def test_levels_keep_bounds_and_locked_blocks_and_no_single_move_would_get_closer():
+    rng = random.Random(3)
+    m, lo, hi = 4, 0.25, 0.75
+    for _ in range(40):
+        params = [rng.randint(1, 9) * 100 for _ in range(6)]
+        sparsities = [rng.uniform(0.0, 0.95) for _ in range(6)]
+        target = rng.uniform(0.3, 0.7)
+        snapped = snap_to_levels(sparsities, params, m, target, lo, hi, locked={0})
+        levels = [round(s * m) for s in snapped]
+        assert all(1 <= k <= 3 for k in levels)
+        assert levels[0] == min(3, max(1, round(sparsities[0] * m)))
+        excess = sum(k * w for k, w in zip(levels, params)) - target * m * sum(params)
+        for i in range(1, 6):
+            for step in (-1, 1):
+                if 1 <= levels[i] + step <= 3:
+                    assert abs(excess + step * params[i]) >= abs(excess) - 1e-9
+
+
+def test_levels_default_to_the_current_mean_and_leave_multiples_alone():
+    assert snap_to_levels([0.5, 0.25, 0.75], [1, 1, 1], 4) == (0.5, 0.25, 0.75)
+    assert weighted_mean(snap_to_levels([0.45, 0.55, 0.5, 0.5], [1, 1, 1, 1], 4), [1] * 4) == 0.5
+
+
+def test_levels_refuse_bounds_that_hold_no_level_and_a_pattern_without_groups():
+    with pytest.raises(UserError, match="no multiple of 1/4 lies within"):
+        snap_to_levels([0.4], [1], 4, lo=0.3, hi=0.45)
+    with pytest.raises(UserError, match="M of at least 2"):
+        snap_to_levels([0.4], [1], 1)
