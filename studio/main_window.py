@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Slot
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QDialog, QDockWidget, QMainWindow, QScrollArea, QSizePolicy, QSplitter, QStackedWidget,
+from PySide6.QtWidgets import (QDialog, QDockWidget, QMainWindow, QSizePolicy, QSplitter, QStackedWidget,
                                QTabWidget, QVBoxLayout, QWidget)
 
 from core.data.texts import PLAIN, TABULAR
@@ -22,6 +22,7 @@ from .allocation_chart import AllocationChart
 from .allocation_editor import AllocationEditor
 from .bench_panel import BenchPanel
 from .calibration_panel import CalibrationPanel
+from .control_column import ControlColumn
 from .controller import Controller
 from .evaluate_panel import EvaluatePanel
 from .export_dialog import ExportDialog
@@ -83,10 +84,9 @@ class MainWindow(QMainWindow):
         self.sweep_panel = SweepPanel(self.controller, self.calibration_panel.choice, self.evaluate_panel.path.text)
 
         self.control_tabs = QTabWidget()
-        self.control_tabs.addTab(_scrolling(self.model_panel), "Model")
-        self.control_tabs.addTab(_scrolling(self.calibration_panel), "Calibration")
-        self.control_tabs.addTab(_scrolling(self.run_panel, self.evaluate_panel), "Prune")
-        self.control_tabs.setMinimumWidth(280)
+        self.control_tabs.addTab(ControlColumn(self.model_panel), "Model")
+        self.control_tabs.addTab(ControlColumn(self.calibration_panel), "Calibration")
+        self.control_tabs.addTab(ControlColumn(self.run_panel, self.evaluate_panel), "Prune")
 
         layer_page = QSplitter(Qt.Orientation.Vertical)
         layer_page.addWidget(self.histograms)
@@ -589,17 +589,3 @@ def run_title(plan) -> str:
     if plan.recovery.enabled:
         title += f", {'end-to-end' if plan.recovery.mode == 'e2e' else plan.recovery.mode} recovery"
     return title
-
-
-def _scrolling(*panels) -> QScrollArea:
-    page = QWidget()
-    column = QVBoxLayout(page)
-    column.setContentsMargins(4, 4, 4, 4)
-    for panel in panels:
-        column.addWidget(panel)
-    column.addStretch(1)
-    scroll = QScrollArea()
-    scroll.setWidget(page)
-    scroll.setWidgetResizable(True)
-    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-    return scroll

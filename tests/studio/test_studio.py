@@ -509,6 +509,32 @@ def test_the_window_keeps_the_size_its_user_gave_it(qtbot, studio_window, studio
     assert tree.header().length() <= tree.viewport().width()
 
 
+def test_no_field_of_the_left_column_is_cut_off(qtbot, studio_window, studio_tiny_llama):
+    """Each page of the left column is at least as wide as its widest field, at the default size and in a
+    small window, with a model open (the Prune page's shrink section is shown then), in the app's own style."""
+    from PySide6.QtWidgets import QApplication
+
+    from studio.app import style_application
+
+    window = studio_window
+    app = QApplication.instance()
+    style_application(app)
+    try:
+        open_tiny(qtbot, window, studio_tiny_llama)
+        for size in ((1600, 980), (1100, 720)):
+            window.resize(*size)
+            for index in range(window.control_tabs.count()):
+                window.control_tabs.setCurrentIndex(index)
+                qtbot.wait(30)
+                column = window.control_tabs.widget(index)
+                page = column.widget()
+                assert page.minimumSizeHint().width() <= column.viewport().width(), (size, index)
+                assert page.width() <= column.viewport().width(), (size, index)
+            assert (window.width(), window.height()) == size
+    finally:
+        app.setStyleSheet("")
+
+
 def test_stop_cancels_any_engine_job_and_leaves_the_session_as_it_was(qtbot, studio_window, studio_tiny_llama,
                                                                       studio_calib_text, tmp_path):
     """Opening and exporting stop on Stop too: the job queued behind a busy engine never runs, nothing is written."""
