@@ -10,27 +10,39 @@ twice), and each request's answer is (sum of the log-softmax of the continuation
 everything before them, whether every continuation token is the greedy one). Inputs longer than the
 model's context are cut from the left, as HFLM does. Log-softmax is taken in float32.
 
-Without lm-eval installed the class has no harness base and is never built: `zero_shot` refuses first.
+The class is made on first use (`in_memory_lm`), on the harness's base imported then: importing lm-eval
+takes seconds, which a session that never scores a task should not pay at start.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
-try:
-    from lm_eval.api.model import TemplateLM
-except ImportError:          # the optional extra `eval`: nothing builds an InMemoryLM without it (see zero_shot)
-    TemplateLM = object
 
 from ..errors import UserError
 from ..events import Job, as_job
 from ..models.loaded import context_length
+from .local_tasks import harness
 
 TOKENS_PER_BATCH = 4096      # rows per forward pass: as many as fit this many tokens (the longest row's length)
 
 
-class InMemoryLM(TemplateLM):
-    """Scores loglikelihood requests on `model` (already on `device`) in batches, longest first."""
+def in_memory_lm(model, tokenizer, **options):
+    """An lm-eval language model scoring on `model` in memory (`InMemoryScoring`'s options)."""
+    return _harness_class()(model, tokenizer, **options)
+
+
+@functools.cache
+def _harness_class() -> type:
+    base = harness().api.model.TemplateLM
+    return type("InMemoryLM", (InMemoryScoring, base), {"__doc__": InMemoryScoring.__doc__})
+
+
+class InMemoryScoring:
+    """Scores loglikelihood requests on `model` (already on `device`) in batches, longest first; the
+    harness's `TemplateLM` is the next base (`_harness_class`)."""
 
     def __init__(self, model, tokenizer, *, device: torch.device | str = "cpu", batch_size: int = 0,
                  job: Job | None = None, label: str = "zero-shot"):

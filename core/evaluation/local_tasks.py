@@ -17,13 +17,6 @@ from pathlib import Path
 
 from ..errors import UserError
 
-try:
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-    from lm_eval.tasks._yaml_loader import load_yaml
-except ImportError:          # the optional extra `eval`
-    lm_eval = TaskManager = load_yaml = None
-
 INSTALL = "zero-shot tasks need lm-evaluation-harness: pip install 'compression-studio[eval]'"
 SCORED = ("multiple_choice", "loglikelihood")       # task types scored by log-likelihood of given answers
 LOCAL_DATA = ("json", "csv", "parquet", "text", "arrow")
@@ -31,14 +24,22 @@ MC_FIELDS = ("doc_to_text", "doc_to_target", "doc_to_choice")
 NAME_LINE = re.compile(r"""^(?:task|group):\s*["']?([^\s"'#]+)""", re.M)
 
 
-def require_harness() -> None:
-    if lm_eval is None:
-        raise UserError(INSTALL)
+def harness():
+    """lm-eval's package, imported on first use: its import takes seconds, and most sessions never score a
+    task (the optional extra `eval`)."""
+    try:
+        import lm_eval
+        import lm_eval.api.model
+        import lm_eval.evaluator
+        import lm_eval.tasks
+        import lm_eval.tasks._yaml_loader
+    except ImportError:
+        raise UserError(INSTALL) from None
+    return lm_eval
 
 
 def harness_version() -> str:
-    require_harness()
-    return getattr(lm_eval, "__version__", "unknown")
+    return getattr(harness(), "__version__", "unknown")
 
 
 def parse_task_names(text: str | list | tuple) -> tuple[str, ...]:
@@ -61,7 +62,7 @@ class Tasks:
 
 def check_tasks_dir(folder: str | Path) -> list[Path]:
     """Every YAML file under `folder`, each one checked to be a task config; UserError naming the first bad one."""
-    require_harness()
+    harness()
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise UserError(f"--tasks-dir {folder}: no such folder (it holds lm-eval task configs, *.yaml).")
@@ -77,7 +78,7 @@ def check_tasks_dir(folder: str | Path) -> list[Path]:
 def _check_config(path: Path) -> None:
     what = f"{path}: not an lm-eval task config"
     try:
-        config = load_yaml(path, resolve_func=False, recursive=True)
+        config = harness().tasks._yaml_loader.load_yaml(path, resolve_func=False, recursive=True)
     except Exception as exc:       # YAML syntax, a missing include: the user's file, said in one line
         raise UserError(f"{what} ({_first_line(exc)}): fix it or move it out of --tasks-dir.") from None
     if not isinstance(config, dict) or not any(key in config for key in ("task", "group", "class")):
@@ -113,7 +114,7 @@ def _check_data_files(path: Path, data_files) -> None:
 def task_manager(names: tuple[str, ...], tasks_dir: str | None):
     """A TaskManager that knows every name in `names`: the local folder alone when it has them all (fast:
     the harness's index of its own thousands of configs takes seconds), otherwise with the built-in tasks."""
-    require_harness()
+    TaskManager = harness().tasks.TaskManager
     known: list[str] = []
     if tasks_dir:
         check_tasks_dir(tasks_dir)
@@ -132,7 +133,7 @@ def task_manager(names: tuple[str, ...], tasks_dir: str | None):
 
 
 def _builtin_files() -> list[Path]:
-    return sorted(Path(lm_eval.__file__).parent.joinpath("tasks").rglob("*.yaml"))
+    return sorted(Path(harness().__file__).parent.joinpath("tasks").rglob("*.yaml"))
 
 
 def _in_builtin_files(name: str) -> bool:

@@ -2,7 +2,7 @@
 model in memory (dense and pruned, nothing saved first).
 
 Each choice is scored by the sum of the log-probabilities of its tokens after the question
-(`harness_model.InMemoryLM`); the harness's own task code turns those into acc (the most likely choice is
+(`harness_model.InMemoryScoring`); the harness's own task code turns those into acc (the most likely choice is
 the gold one) and acc_norm (the same after dividing each choice's log-likelihood by its length in
 characters), with their standard errors, so the numbers mean what the papers' tables mean. `--limit N`
 scores the first N documents of each task.
@@ -23,13 +23,8 @@ from ..compute import resolve_device
 from ..errors import UserError
 from ..events import Job, as_job
 from ..pruning.snapshot import WeightSnapshot
-from .harness_model import InMemoryLM
-from .local_tasks import harness_version, load_tasks, parse_task_names, require_harness
-
-try:
-    from lm_eval import evaluator
-except ImportError:          # the optional extra `eval`
-    evaluator = None
+from .harness_model import in_memory_lm
+from .local_tasks import harness, harness_version, load_tasks, parse_task_names
 
 FEWSHOT_SEED = 1234          # simple_evaluate's default, so few-shot tasks draw the same examples
 STDERR_BOOTSTRAP = 1000      # resamples for metrics whose standard error has no closed form
@@ -105,7 +100,7 @@ class ZeroShot:
 def score_tasks(model, tokenizer, tasks, *, limit: int | None = None, device: str = "auto", batch_size: int = 0,
                 job: Job | None = None, label: str = "zero-shot") -> TaskResults:
     """Run `tasks` (a `local_tasks.Tasks`) on `model`; the model is moved to `device` and back."""
-    require_harness()
+    evaluator = harness().evaluator
     job, started = as_job(job), time.perf_counter()
     target = resolve_device(device)
     home = next(model.parameters()).device
@@ -113,7 +108,7 @@ def score_tasks(model, tokenizer, tasks, *, limit: int | None = None, device: st
         if task.get_config("num_fewshot") is None:
             task.set_config(key="num_fewshot", value=0)
         task.set_fewshot_seed(seed=FEWSHOT_SEED)
-    lm = InMemoryLM(model, tokenizer, device=target, batch_size=batch_size, job=job, label=label)
+    lm = in_memory_lm(model, tokenizer, device=target, batch_size=batch_size, job=job, label=label)
     quiet = _Quiet()
     model.to(target)
     try:

@@ -9,14 +9,6 @@ from pathlib import Path
 from ..errors import UserError
 from .sweep_points import SweepResult
 
-try:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-except ImportError:          # the optional extra is missing: plot_sweep says so
-    Figure = None
-
 FORMATS = (".png", ".svg")
 
 
@@ -28,6 +20,16 @@ def curves(result: SweepResult) -> dict[str, list[tuple[float, float]]]:
     return {name: sorted(values) for name, values in found.items()}
 
 
+def _figure_class():
+    """matplotlib's Figure, imported on first use (a second at start that most sessions never need)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise UserError("drawing the chart to a file needs matplotlib: pip install 'compression-studio[plot]'.") \
+            from None
+    return Figure
+
+
 def plot_sweep(result: SweepResult, path: str | Path, title: str | None = None) -> Path:
     """Draw the sweep to `path` (.png or .svg), atomically; the path."""
     path = Path(path)
@@ -35,8 +37,7 @@ def plot_sweep(result: SweepResult, path: str | Path, title: str | None = None) 
         raise UserError(f"{path.name}: the chart is written as PNG or SVG; name the file .png or .svg.")
     if not path.expanduser().resolve().parent.is_dir():
         raise UserError(f"cannot write {path}: folder {path.parent} does not exist.")
-    if Figure is None:
-        raise UserError("drawing the chart to a file needs matplotlib: pip install 'compression-studio[plot]'.")
+    Figure = _figure_class()
     if not result.points and result.ppl_dense is None:
         raise UserError("the sweep has no finished point to draw yet.")
     figure = Figure(figsize=(7, 4.5), dpi=120, layout="constrained")

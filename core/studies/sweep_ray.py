@@ -23,13 +23,6 @@ from .sweep import PHASE, check_out, describe_model, evaluation_file, point_fini
     with_progress
 from .sweep_points import DensePerplexity, PointFinished, SweepPoint, SweepRequest, SweepResult
 
-try:
-    import ray
-    from ray.exceptions import RayError, RayTaskError
-except ImportError:          # the optional extra is missing: run_sweep_ray says so
-    ray = None
-    RayError = RayTaskError = ()
-
 CONNECT_TIMEOUT_S = 5.0
 POLL_S = 0.5                 # how often cancel is looked at while tasks run
 
@@ -40,9 +33,7 @@ def run_sweep_ray(request: SweepRequest, address: str, job: Job | None = None,
     job = as_job(job)
     points = request.points()
     check_out(request.out)
-    if ray is None:
-        raise UserError("--ray needs Ray, which is not installed: pip install 'compression-studio[cluster]', or "
-                        "drop --ray to run the points one after another.")
+    ray = _ray()
     if request.model.stream:
         raise UserError("a sweep measures every point in memory: open the model without streaming.")
     started = time.perf_counter()
@@ -59,8 +50,21 @@ def run_sweep_ray(request: SweepRequest, address: str, job: Job | None = None,
     return result
 
 
+def _ray():
+    """Ray, imported on first use: the optional extra `cluster`, whose import the window and the CLI should
+    not pay at start."""
+    try:
+        import ray
+        import ray.exceptions
+    except ImportError:
+        raise UserError("--ray needs Ray, which is not installed: pip install 'compression-studio[cluster]', or "
+                        "drop --ray to run the points one after another.") from None
+    return ray
+
+
 def connect(address: str) -> bool:
     """Join the cluster at `address` (or start a local one for 'local'); whether this call started Ray."""
+    ray = _ray()
     if ray.is_initialized():
         return False
     address = address.strip()
@@ -98,6 +102,7 @@ def _reachable(address: str) -> None:
 
 
 def _run(request, points, result: SweepResult, job: Job, on_point, started: float) -> None:
+    ray = _ray()
     gpus = ray.cluster_resources().get("GPU", 0)
     task = ray.remote(num_gpus=1, num_cpus=0)(point_task) if gpus else ray.remote(num_cpus=1)(point_task)
     dense = task.remote(request, None, -1)
@@ -138,14 +143,15 @@ def _run(request, points, result: SweepResult, job: Job, on_point, started: floa
 
 
 def _get(ref):
+    ray = _ray()
     try:
         return ray.get(ref)
-    except RayTaskError as exc:
+    except ray.exceptions.RayTaskError as exc:
         cause = getattr(exc, "cause", None)
         if isinstance(cause, UserError):
             raise UserError(str(cause).splitlines()[0]) from None
         raise cause if isinstance(cause, Exception) else exc
-    except RayError as exc:
+    except ray.exceptions.RayError as exc:
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise UserError(f"a Ray worker of the sweep was lost: {detail}. Run the sweep again.") from None
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from core.errors import UserError
-from core.evaluation.harness_model import InMemoryLM
+from core.evaluation.harness_model import in_memory_lm
 from core.evaluation.local_tasks import load_tasks, parse_task_names
 from core.evaluation.zero_shot import TaskRequest, evaluate_tasks, score_tasks
 from core.events import CancelToken, Cancelled, Job, Phase, Recorder
@@ -118,8 +118,8 @@ def test_each_request_scores_as_by_hand_and_as_the_harness_own_hflm(loaded):
     pairs.append(("", "An empty context scores after BOS."))
     requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
     recorder = Recorder()
-    ours = InMemoryLM(loaded.model, loaded.tokenizer, job=Job(recorder), batch_size=3).loglikelihood(requests)
-    one_by_one = InMemoryLM(loaded.model, loaded.tokenizer, batch_size=1).loglikelihood(requests)
+    ours = in_memory_lm(loaded.model, loaded.tokenizer, job=Job(recorder), batch_size=3).loglikelihood(requests)
+    one_by_one = in_memory_lm(loaded.model, loaded.tokenizer, batch_size=1).loglikelihood(requests)
     harness = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=4,
                    device="cpu").loglikelihood(requests)
     for (context, continuation), mine, single, theirs in zip(pairs, ours, one_by_one, harness):
