@@ -1,5 +1,5 @@
 """The run history (one row per run: method, pattern, allocation over the blocks, recovery, sparsity,
-perplexities, time) and the comparison of two runs: the difference heatmap of their masks on the
+perplexities, zero-shot accuracy once scored, time) and the comparison of two runs: the difference heatmap of their masks on the
 selected layer and the agreement of their masks on every layer."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QLabel, QPushButt
 from .mask_heatmap import MaskHeatmap
 
 RUN_COLUMNS = ["Run", "Method", "Pattern", "Allocation", "Recovery", "Target", "Achieved", "PPL dense", "PPL pruned",
-               "Time"]
+               "Zero-shot acc", "Time"]
 TEXT_COLUMNS = {"Method", "Pattern", "Allocation", "Recovery"}     # left-aligned; the numbers are right-aligned
 
 
@@ -71,8 +71,10 @@ class HistoryTable(QWidget):
         values = {"Run": str(record.number), "Method": method_text(record.plan), "Pattern": record.pattern,
                   "Allocation": allocation_text(record.plan), "Recovery": recovery_text(record.plan),
                   "Target": f"{record.target_sparsity:.0%}", "Achieved": f"{record.sparsity:.1%}",
-                  "PPL dense": _ppl(record.ppl_dense), "PPL pruned": _ppl(record.ppl), "Time": f"{record.seconds:.1f} s"}
-        tips = {"Allocation": allocation_tip(record.plan), "Recovery": recovery_tip(record.plan, record.result)}
+                  "PPL dense": _ppl(record.ppl_dense), "PPL pruned": _ppl(record.ppl),
+                  "Zero-shot acc": zero_shot_text(record.zero_shot), "Time": f"{record.seconds:.1f} s"}
+        tips = {"Allocation": allocation_tip(record.plan), "Recovery": recovery_tip(record.plan, record.result),
+                "Zero-shot acc": zero_shot_tip(record.zero_shot)}
         for col, name in enumerate(RUN_COLUMNS):
             item = QTableWidgetItem(values[name])
             item.setData(Qt.ItemDataRole.UserRole, record.number)
@@ -181,6 +183,31 @@ def recovery_tip(plan, result) -> str:
         if before > 0:
             text += f" ({(after - before) / before:+.0%})"
     return text
+
+
+def zero_shot_text(zero_shot) -> str:
+    """The pruned model's accuracy averaged over the tasks scored, and the share of dense it keeps, e.g.
+    '52.3% (96% of dense)'; a dash before any task is scored on the run."""
+    if zero_shot is None or zero_shot.pruned is None:
+        return "—"
+    tasks = list(zero_shot.dense.scores)
+    pruned = [zero_shot.pruned.scores[t].acc for t in tasks]
+    dense = [zero_shot.dense.scores[t].acc for t in tasks]
+    if not tasks or None in pruned or None in dense:
+        return "—"
+    mean, dense_mean = sum(pruned) / len(tasks), sum(dense) / len(tasks)
+    return f"{mean:.1%}" + (f" ({mean / dense_mean:.0%} of dense)" if dense_mean else "")
+
+
+def zero_shot_tip(zero_shot) -> str:
+    if zero_shot is None or zero_shot.pruned is None:
+        return "score zero-shot tasks with this run applied (Prune tab, Zero-shot tasks) to fill this column"
+    lines = [f"acc over {len(zero_shot.dense.scores)} task(s), {zero_shot.dense.limit or 'all'} documents each:"]
+    for task, dense in zero_shot.dense.scores.items():
+        pruned = zero_shot.pruned.scores[task]
+        if dense.acc is not None and pruned.acc is not None:
+            lines.append(f"{task}: {pruned.acc:.1%} (dense {dense.acc:.1%}, n {dense.n})")
+    return "\n".join(lines)
 
 
 def _ppl(value) -> str:

@@ -171,8 +171,7 @@ class MainWindow(QMainWindow):
         self.evaluate_panel.evaluate_requested.connect(self.evaluate)
         self.evaluate_panel.tasks.run_requested.connect(lambda choice: (self.progress_panel.begin(
             "zero-shot tasks"), c.evaluate_tasks(choice)))
-        c.tasks_done.connect(lambda done: (self.evaluate_panel.tasks.show_results(done),
-                                           self.progress_panel.end("done: zero-shot tasks scored")))
+        c.tasks_done.connect(self._tasks_scored)
         self.model_panel.restore_requested.connect(c.restore_dense)
         self.heatmap.tile_wanted.connect(c.request_tile)
         self.history.compare_requested.connect(lambda a, b: c.compare(a, b, self.selected_layer))
@@ -407,6 +406,13 @@ class MainWindow(QMainWindow):
         self.run_panel.set_explicit(self.allocation_editor.sparsities, choose=False)
         if self.run_panel.allocation.currentData() == "explicit":
             self.run_panel.allocation.setCurrentIndex(self.run_panel.allocation.findData("uniform"))
+
+    @Slot(object)
+    def _tasks_scored(self, done) -> None:
+        self.evaluate_panel.tasks.show_results(done)
+        if done.record is not None:              # the run's row in Runs gets its accuracy
+            self.history.set_run(done.record)
+        self.progress_panel.end("done: zero-shot tasks scored")
 
     @Slot(float)
     def _target_changed(self, target: float) -> None:

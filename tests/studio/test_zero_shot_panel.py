@@ -1,5 +1,6 @@
 """The Evaluate panel's zero-shot table: a tiny local multiple-choice task (lm-eval YAML + JSONL) on the tiny
-Llama, dense before a run and dense, pruned and % retained after one; a bad task name gives a message."""
+Llama, dense before a run and dense, pruned and % retained after one (also in the run's row in Runs); a bad
+task name gives a message."""
 
 from __future__ import annotations
 
@@ -71,6 +72,11 @@ def test_the_table_shows_dense_then_pruned_and_retained(qtbot, studio_window, st
     for row, (d, p) in zip(rows, [(dense.acc, pruned.acc), (dense.acc_norm, pruned.acc_norm)]):
         assert row[5] == (f"{p / d:.1%}" if d else "–")
     assert blocker.args[0].record is studio_window.controller.bench.applied
+    from studio.history_table import column                # the run's row in Runs shows the same accuracy
+    cell = studio_window.history.table.item(0, column("Zero-shot acc"))
+    expected = f"{pruned.acc:.1%}" + (f" ({pruned.acc / dense.acc:.0%} of dense)" if dense.acc else "")
+    assert cell.text() == expected
+    assert f"mini_mc: {pruned.acc:.1%} (dense {dense.acc:.1%}, n 4)" in cell.toolTip()
 
     panel.tasks.setText("mini_mcc")                      # a typo: a message, and the window goes on
     with qtbot.waitSignal(studio_window.controller.error, timeout=WAIT) as blocker:
