@@ -80,7 +80,7 @@ def markdown(path: Path = RESULTS) -> str:
             row = json.loads(line)
             rows[row["row"]] = row          # the latest run of a row wins
     dense = rows.get("dense", {}).get("ppl")
-    lines = [f"| method | target | self-generated ppl | × dense | WikiText-2 valid ppl | × dense |",
+    lines = ["| method | target | self-generated ppl | × dense | WikiText-2 valid ppl | × dense |",
              "|---|---|---:|---:|---:|---:|"]
     for method, target in RUNS:
         cells = []

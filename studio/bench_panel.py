@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout,
-                               QLabel, QLineEdit, QPushButton, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout,
-                               QWidget)
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit,
+                               QPushButton, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from .bench_charts import BenchCharts
 from .run_panel import devices
+from .result_table import chart_over_table, result_table
 
 COLUMNS = ["Shape", "Tokens", "Dtype", "Backend", "Status", "Median ms", "Speedup", "Rel. error", "Checked", "Limit",
            "Note"]
@@ -70,19 +70,11 @@ class BenchPanel(QWidget):
         for widget in (self.start_button, self.stop_button, self.save_button):
             buttons.addWidget(widget)
         self.charts = BenchCharts()
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setStretchLastSection(True)
-        self.table.setAlternatingRowColors(True)
+        self.table = result_table(COLUMNS)
         self.summary = QLabel("Times dense against 2:4 sparse kernels for this model's layer shapes.")
         self.summary.setObjectName("hint")
         self.summary.setWordWrap(True)
-        split = QSplitter(Qt.Orientation.Vertical)
-        split.addWidget(self.charts)
-        split.addWidget(self.table)
-        split.setSizes([520, 220])
+        split = chart_over_table(self.charts, self.table, (520, 220))
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addLayout(controls)

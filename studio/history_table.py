@@ -5,10 +5,11 @@ selected layer and the agreement of their masks on every layer."""
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QLabel, QPushButton, QSplitter, QTableWidget,
-                               QTableWidgetItem, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QLabel, QPushButton, QSplitter, QTableWidgetItem,
+                               QVBoxLayout, QWidget)
 
 from .mask_heatmap import MaskHeatmap
+from .result_table import result_table
 
 RUN_COLUMNS = ["Run", "Method", "Pattern", "Allocation", "Recovery", "Target", "Achieved", "PPL dense", "PPL pruned",
                "Zero-shot acc", "Time"]
@@ -24,7 +25,7 @@ class HistoryTable(QWidget):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.table = _table(RUN_COLUMNS)
+        self.table = result_table(RUN_COLUMNS)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)
         self.table.itemSelectionChanged.connect(self._selection_changed)
         self.compare_button = QPushButton("Compare the two selected runs")
@@ -36,7 +37,7 @@ class HistoryTable(QWidget):
         self.difference = MaskHeatmap(title="Where the two runs' masks differ (fraction of weights per cell)",
                                       colormap="inferno", label="differ")
         self.difference.colorbar.setLevels((0, 1))
-        self.agreement = _table(["Layer", "Agreement"])
+        self.agreement = result_table(["Layer", "Agreement"])
         top = QWidget()
         top_layout = QVBoxLayout(top)
         top_layout.setContentsMargins(0, 0, 0, 0)
@@ -122,17 +123,6 @@ class HistoryTable(QWidget):
         runs = self.selected_runs()
         if len(runs) == 2:
             self.compare_requested.emit(*runs)
-
-
-def _table(columns) -> QTableWidget:
-    table = QTableWidget(0, len(columns))
-    table.setHorizontalHeaderLabels(columns)
-    table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-    table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-    table.verticalHeader().setVisible(False)
-    table.horizontalHeader().setStretchLastSection(True)
-    table.setAlternatingRowColors(True)
-    return table
 
 
 def method_text(plan) -> str:

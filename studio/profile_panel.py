@@ -14,8 +14,8 @@ import math
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QGridLayout, QHBoxLayout,
-                               QHeaderView, QLabel, QLineEdit, QPushButton, QSizePolicy, QSpinBox, QSplitter,
-                               QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+                               QHeaderView, QLabel, QLineEdit, QPushButton, QSizePolicy, QSpinBox, QTableWidgetItem,
+                               QVBoxLayout, QWidget)
 
 from core.patterns import UNSTRUCTURED
 from core.pruning.allocation import AllocationOptions, preset
@@ -23,6 +23,7 @@ from core.pruning.methods import METHODS
 from core.studies.sensitivity import ProfileRequest, UnitProfiled
 
 from .profile_chart import DEPTH, SENSITIVITY, ProfileChart
+from .result_table import chart_over_table, result_table
 
 UNITS = [("each layer", "layer"), ("each block", "block"), ("each layer kind", "kind")]
 COLUMNS = ["rank", "block", "kind", "weights", "Δ perplexity", "perplexity", "output error", "unit"]
@@ -46,20 +47,13 @@ class ProfilePanel(QWidget):
         self.running = False
         self._build_controls()
         self.chart = ProfileChart()
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.verticalHeader().setVisible(False)
+        self.table = result_table(COLUMNS, QHeaderView.ResizeMode.ResizeToContents)
         self.table.setTextElideMode(Qt.TextElideMode.ElideLeft)      # a long name keeps its end: …layers.3.mlp.up_proj
-        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.horizontalHeader().setSectionResizeMode(UNIT, QHeaderView.ResizeMode.Stretch)
         self.status = QLabel("Prunes one unit at a time, the rest of the model dense, and measures what it costs. "
                              "Load calibration text first (Calibration tab).")
         self.status.setWordWrap(True)
-        split = QSplitter(Qt.Orientation.Vertical)
-        split.addWidget(self.chart)
-        split.addWidget(self.table)
-        split.setSizes([420, 220])
+        split = chart_over_table(self.chart, self.table, (420, 220))
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addLayout(self.controls)

@@ -5,7 +5,7 @@ round-to-nearest, GPTQ's activation order and the joint pass inside SparseGPT's 
 from __future__ import annotations
 
 from PySide6.QtGui import QIntValidator
-from PySide6.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox
+from PySide6.QtWidgets import QCheckBox, QFormLayout, QGroupBox
 
 from core.quantization.scheme import PER_CHANNEL, QuantScheme
 from .combo import choice_combo

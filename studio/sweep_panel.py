@@ -11,10 +11,9 @@ from __future__ import annotations
 import re
 import time
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (QCheckBox, QFileDialog, QGridLayout, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
-                               QProgressBar, QPushButton, QSpinBox, QSplitter, QTableWidget, QTableWidgetItem,
-                               QVBoxLayout, QWidget)
+                               QProgressBar, QPushButton, QSpinBox, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from core import workbench as wb
 from core.errors import UserError
@@ -23,6 +22,7 @@ from core.studies.sweep_plot import plot_sweep
 from core.studies.sweep_points import SWEEP_METHODS, MethodOptions, SweepRequest, SweepResult, save_table
 
 from .sweep_chart import SweepChart
+from .result_table import chart_over_table, result_table
 
 COLUMNS = ["method", "pattern", "target", "achieved", "perplexity", "× dense", "seconds"]
 DEFAULT_METHODS = ("wanda", "sparsegpt")
@@ -100,15 +100,8 @@ class SweepPanel(QWidget):
                              "Load calibration text first (Calibration tab).")
         self.status.setWordWrap(True)
         self.chart = SweepChart()
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.verticalHeader().setVisible(False)
-        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        split = QSplitter(Qt.Orientation.Vertical)
-        split.addWidget(self.chart)
-        split.addWidget(self.table)
-        split.setSizes([420, 200])
+        self.table = result_table(COLUMNS, QHeaderView.ResizeMode.Stretch)
+        split = chart_over_table(self.chart, self.table, (420, 200))
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addLayout(grid)

@@ -4,9 +4,10 @@ each task's accuracy, dense and pruned, with the share of dense the pruned model
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QAbstractItemView, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView,
-                               QLabel, QLineEdit, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout,
-                               QWidget)
+from PySide6.QtWidgets import (QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
+                               QPushButton, QSpinBox, QTableWidgetItem, QVBoxLayout, QWidget)
+
+from .result_table import result_table
 
 COLUMNS = ("Task", "n", "Metric", "Dense", "Pruned", "Retained")
 
@@ -37,11 +38,7 @@ class ZeroShotTable(QGroupBox):
         form.addRow("Documents", self.limit)
         self.button = QPushButton("Run tasks: dense and pruned")
         self.button.clicked.connect(lambda: self.run_requested.emit(self.choice()))
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.verticalHeader().hide()
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table = result_table(COLUMNS, QHeaderView.ResizeMode.ResizeToContents)
         self.table.setMinimumHeight(120)
         self.note = QLabel("")
         self.note.setWordWrap(True)

@@ -209,9 +209,9 @@ def _decode(model, row: EndToEndResult, options, device, vocab, reference, eager
         token = step.prefill(prompt).argmax(-1, keepdim=True)
         first = step.step(token).float().clone()  # warm-up (and, graphed, the capture) at the first position
         _reset_peak(device)
-        times = []
+        times, logits = [], first
         for _ in range(options.steps - 1):
-            token = first.argmax(-1, keepdim=True) if not times else logits.argmax(-1, keepdim=True)
+            token = logits.argmax(-1, keepdim=True)
             _sync(device)
             tic = time.perf_counter()
             logits = step.step(token)

@@ -40,7 +40,7 @@ from .methods.sparsegpt import NotPositiveDefinite
 from .passes import Turn, capture, dense_outputs, recover_block, survey_outliers
 from .placement import block_devices
 from .plan import PrunePlan
-from .stats import HESSIAN, StatsCollector, StopBlock
+from .stats import StatsCollector, StopBlock
 
 # Makes the display summary of a pruned layer from its weight before and the method's result (the
 # studio passes `core.analysis.summaries.summarize`); None: no summaries.

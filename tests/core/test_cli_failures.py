@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors import SafetensorError
 
 from core import workbench as wb

@@ -14,7 +14,7 @@ from core import workbench as wb
 from core.cli import main
 from core.data.generated import GenerationOptions, generate_calibration, generate_ids, sample_next
 from core.errors import UserError
-from core.events import Cancelled, CancelToken, Job, Phase, Recorder
+from core.events import Cancelled, CancelToken, Job, Phase
 from core.pruning.plan import PrunePlan
 
 

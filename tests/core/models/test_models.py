@@ -7,7 +7,7 @@ import torch
 
 from core.errors import UserError
 from core.models.open import open_model
-from tests.tiny_models import tiny_model, tiny_model_folder, tiny_tokenizer
+from tests.tiny_models import tiny_model, tiny_tokenizer
 
 
 def test_a_folder_opens_with_its_tokenizer_and_layout(tiny_llama_folder):
