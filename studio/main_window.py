@@ -94,7 +94,7 @@ class MainWindow(QMainWindow):
         layer_page.setSizes([330, 420])
         self.tabs = ViewTabs()
         self.tabs.addTab(layer_page, "Layer")
-        self.tabs.addTab(self.overview, "Model overview")
+        self.tabs.addTab(self.overview, "Overview")
         self.tabs.addTab(self.allocation, "Allocation")
         self.tabs.addTab(self.profile_panel, "Sensitivity")
         self.tabs.addTab(self.sweep_panel, "Sweep")

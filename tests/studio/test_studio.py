@@ -511,7 +511,8 @@ def test_the_window_keeps_the_size_its_user_gave_it(qtbot, studio_window, studio
 
 def test_no_field_of_the_left_column_is_cut_off(qtbot, studio_window, studio_tiny_llama):
     """Each page of the left column is at least as wide as its widest field, at the default size and in a
-    small window, with a model open (the Prune page's shrink section is shown then), in the app's own style."""
+    small window, with a model open (the Prune page's shrink section is shown then), in the app's own style;
+    at the default size the right-hand views' tabs all fit."""
     from PySide6.QtWidgets import QApplication
 
     from studio.app import style_application
@@ -531,6 +532,8 @@ def test_no_field_of_the_left_column_is_cut_off(qtbot, studio_window, studio_tin
                 assert page.minimumSizeHint().width() <= column.viewport().width(), (size, index)
                 assert page.width() <= column.viewport().width(), (size, index)
             assert (window.width(), window.height()) == size
+            if size == (1600, 980):           # every view's tab shows, none behind the scroll arrows
+                assert window.tabs.tabBar().sizeHint().width() <= window.tabs.width()
     finally:
         app.setStyleSheet("")
 
