@@ -304,7 +304,7 @@ class AllocationEditor(QWidget):
             self.table.setRowCount(len(self.sparsities))
             for i, s in enumerate(self.sparsities):
                 cells = [QTableWidgetItem(str(i)), QTableWidgetItem(f"{100 * s:.1f}"),
-                         QTableWidgetItem("🔒" if i in self.locked else ""), QTableWidgetItem(_count(self.params[i]))]
+                         QTableWidgetItem("yes" if i in self.locked else ""), QTableWidgetItem(_count(self.params[i]))]
                 for column, cell in enumerate(cells):
                     if column != SPARSITY:
                         cell.setFlags(cell.flags() & ~Qt.ItemFlag.ItemIsEditable)

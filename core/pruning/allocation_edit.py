@@ -110,9 +110,11 @@ def snap_to_levels(sparsities: Sequence[float], params: Sequence[int], m: int, t
         if not helpful:
             break
         # the move that gets nearest the target; among equals, the one that adds the least weighted squared
-        # distance from the values, w·((k+step−v)² − (k−v)²)
+        # distance from the values, w·((k+step−v)² − (k−v)²); among those, the block furthest on the other
+        # side (the lowest when raising), so that equal changes spread over the blocks instead of piling up
         i = min(helpful, key=lambda i: (round(abs(excess + step * params[i]), 9),
-                                        params[i] * (1 + 2 * step * (levels[i] - want[i]))))
+                                        round(params[i] * (1 + 2 * step * (levels[i] - want[i])), 9),
+                                        step * levels[i], i))
         levels[i] += step
         excess += step * params[i]
     return tuple(k / m for k in levels)

@@ -177,3 +177,14 @@ def test_levels_refuse_bounds_that_hold_no_level_and_a_pattern_without_groups():
         snap_to_levels([0.4], [1], 4, lo=0.3, hi=0.45)
     with pytest.raises(UserError, match="M of at least 2"):
         snap_to_levels([0.4], [1], 1)
+
+
+def test_levels_spread_what_successive_edits_take_instead_of_piling_it_on_a_few_blocks():
+    params, m = [10] * 12, 8
+    values = (0.5,) * 12
+    for block in (0, 11):                            # the editor: set a block, rebalance, snap, and again
+        values = rebalance(values, params, block, 0.25, 0.0, 0.95, locked={0} - {block} if block else ())
+        values = snap_to_levels(values, params, m, 0.5, locked={0, block})
+    assert values[0] == values[11] == 0.25
+    assert weighted_mean(values, params) == pytest.approx(0.5)
+    assert sorted(values[1:11]) == [0.5] * 6 + [0.625] * 4        # four blocks one level up, none two
