@@ -313,6 +313,10 @@ class AllocationEditor(QWidget):
                 cells[SPARSITY].setToolTip("Type a percentage: the other blocks move to hold the average")
         finally:
             self._filling = False
+        # wide enough for every column beside the chart: the splitter gives the chart what is left
+        table = self.table
+        table.setMinimumWidth(table.horizontalHeader().length() + table.verticalScrollBar().sizeHint().width()
+                              + 2 * table.frameWidth())
 
     def _show_size(self) -> None:
         if not self.params:
