@@ -17,7 +17,8 @@ from PySide6.QtWidgets import (QAbstractItemView, QDoubleSpinBox, QHBoxLayout, Q
                                QSizePolicy, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from core.errors import UserError
-from core.pruning.allocation_edit import rebalance, resulting_size, shift_to_mean, snap_to_levels, weighted_mean
+from core.pruning.allocation_edit import (nearest_feasible_level, rebalance, resulting_size, shift_to_mean, snap_to_levels,
+                                          weighted_mean)
 
 from .plot_legend import legend_below
 
@@ -235,8 +236,9 @@ class AllocationEditor(QWidget):
         if not 0 <= index < len(self.params):
             return
         lo, hi = self.bounds
-        if self.m:
-            value = round(value * self.m) / self.m
+        if self.m:                  # a level the others can make up for, so the mean holds after snapping
+            value = nearest_feasible_level(self.sparsities, self.params, index, value, self.m, lo, hi,
+                                           self.locked - {index})
         values = rebalance(self.sparsities, self.params, index, value, lo, hi, self.locked - {index})
         self.locked.add(index)
         self.selected = index

@@ -83,6 +83,17 @@ def rebalance(sparsities: Sequence[float], params_per_block: Sequence[int], inde
     return shift_to_mean(edited, params_per_block, mean, lo, hi, set(locked) | {index})
 
 
+def nearest_feasible_level(sparsities: Sequence[float], params: Sequence[int], index: int, value: float, m: int,
+                           lo: float = 0.0, hi: float = 0.99, locked: Iterable[int] = ()) -> float:
+    """The multiple of 1/m nearest `value` that block `index` can take while the others, within [lo, hi],
+    hold the weighted mean (`feasible_range` brought to levels); the block's own value when no level fits."""
+    low, high = feasible_range(sparsities, params, index, lo, hi, locked)
+    first, last = math.ceil(low * m - 1e-9), min(m - 1, math.floor(high * m + 1e-9))
+    if first > last:
+        return float(sparsities[index])
+    return min(last, max(first, round(float(value) * m))) / m
+
+
 def snap_to_levels(sparsities: Sequence[float], params: Sequence[int], m: int, target: float | None = None,
                    lo: float = 0.0, hi: float = 0.99, locked: Iterable[int] = ()) -> tuple[float, ...]:
     """Every block's sparsity made a multiple of 1/m, what an N:m pattern per block can be (k of m pruned,

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from core.errors import UserError
-from core.pruning.allocation_edit import (feasible_range, rebalance, resulting_size, shift_to_mean,
-                                          snap_to_levels, weighted_mean)
+from core.pruning.allocation_edit import (feasible_range, nearest_feasible_level, rebalance, resulting_size,
+                                          shift_to_mean, snap_to_levels, weighted_mean)
 
 
 def brute_force(sparsities, params, index, value, lo, hi, locked=()):
@@ -188,3 +188,19 @@ def test_levels_spread_what_successive_edits_take_instead_of_piling_it_on_a_few_
     assert values[0] == values[11] == 0.25
     assert weighted_mean(values, params) == pytest.approx(0.5)
     assert sorted(values[1:11]) == [0.5] * 6 + [0.625] * 4        # four blocks one level up, none two
+
+
+def test_a_value_the_others_cannot_make_up_for_goes_to_the_nearest_level_they_can():
+    params, m, hi = [100, 300, 200, 400], 4, 0.6
+    values = (0.5,) * 4
+    # block 3 (400 weights) to 0: the others (600 weights) rise at most to 0.6, so block 3 can go no lower
+    # than (500 − 360) / 400 = 0.35, whose nearest level above is 0.5
+    assert feasible_range(values, params, 3, 0.0, hi) == pytest.approx((0.35, 0.6))
+    assert nearest_feasible_level(values, params, 3, 0.0, m, 0.0, hi) == 0.5
+    assert nearest_feasible_level(values, params, 3, 0.3, m, 0.0, hi) == 0.5
+    assert nearest_feasible_level(values, params, 0, 0.1, m, 0.0, hi) == 0.0      # within reach: plain rounding
+    for value in (0.0, 0.1, 0.3, 0.6, 0.9):                       # and after it the levels hold the mean exactly
+        level = nearest_feasible_level(values, params, 3, value, m, 0.0, hi)
+        moved = rebalance(values, params, 3, level, 0.0, hi)
+        snapped = snap_to_levels(moved, params, m, 0.5, 0.0, hi, locked={3})
+        assert weighted_mean(snapped, params) == pytest.approx(0.5)
