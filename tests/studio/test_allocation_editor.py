@@ -60,6 +60,17 @@ def drag(qtbot, editor, block: int, start: float, end: float) -> None:
     qtbot.wait(20)
 
 
+def _ready_to_run(qtbot, window, folder, text):
+    """The tiny model open, its calibration set, the run on the CPU: the Prune panel, ready for Run."""
+    from test_studio import open_tiny, set_calibration
+
+    open_tiny(qtbot, window, folder)
+    set_calibration(window, text)
+    panel = window.run_panel
+    panel.device.setCurrentIndex(panel.device.findData("cpu"))
+    return panel
+
+
 def test_dragging_a_bar_sets_it_and_the_others_hold_the_mean(qtbot, editor):
     from core.pruning.allocation_edit import rebalance
 
@@ -125,13 +136,7 @@ def test_presets_and_the_target_move_every_bar(qtbot, editor):
 
 def test_run_uses_the_edited_allocation(qtbot, studio_window, studio_tiny_llama, studio_calib_text):
     window = studio_window
-    with qtbot.waitSignal(window.controller.model_opened, timeout=WAIT):
-        window.open_model(str(studio_tiny_llama))
-    window.calibration_panel.add_files([str(studio_calib_text)])
-    window.calibration_panel.nsamples.setValue(4)
-    window.calibration_panel.seqlen.setValue(32)
-    panel = window.run_panel
-    panel.device.setCurrentIndex(panel.device.findData("cpu"))
+    panel = _ready_to_run(qtbot, window, studio_tiny_llama, studio_calib_text)
     panel.sparsity.setValue(0.5)
     editor = window.allocation_editor
     assert len(editor.params) == 2 and editor.params[0] == editor.params[1]
@@ -178,13 +183,7 @@ def test_bounds_that_hold_no_level_say_so_instead_of_snapping(qtbot, editor):
 def test_a_2_4_run_uses_the_edited_levels_as_per_block_patterns(qtbot, studio_window, studio_tiny_llama,
                                                                studio_calib_text):
     window = studio_window
-    with qtbot.waitSignal(window.controller.model_opened, timeout=WAIT):
-        window.open_model(str(studio_tiny_llama))
-    window.calibration_panel.add_files([str(studio_calib_text)])
-    window.calibration_panel.nsamples.setValue(4)
-    window.calibration_panel.seqlen.setValue(32)
-    panel = window.run_panel
-    panel.device.setCurrentIndex(panel.device.findData("cpu"))
+    panel = _ready_to_run(qtbot, window, studio_tiny_llama, studio_calib_text)
     panel.sparsity.setValue(0.3)                            # ignored: 2:4 sets the average to 0.5
     panel.pattern.setCurrentText("2:4")
     editor = window.allocation_editor
