@@ -194,11 +194,7 @@ class AllocationEditor(QWidget):
         and sets the target itself; any other pattern (m = 0) allows every value."""
         self.m = m if m >= 2 else 0
         self.hint.setText(HINT + (LEVELS_HINT.format(m=self.m) if self.m else ""))
-        if target is not None:
-            self.target = float(target)
-        if not self.params:
-            return self._redraw()
-        self._fill(shift_to_mean(self.sparsities, self.params, self.target, *self.bounds, self.locked), self.source)
+        self.set_target(self.target if target is None else target)      # the bars refilled, on levels now
 
     def set_owl(self, sparsities) -> None:
         """The per-block sparsity OWL chose in a run on this model: the OWL preset from now on."""

@@ -87,8 +87,7 @@ def nearest_feasible_level(sparsities: Sequence[float], params: Sequence[int], i
                            lo: float = 0.0, hi: float = 0.99, locked: Iterable[int] = ()) -> float:
     """The multiple of 1/m nearest `value` that block `index` can take while the others, within [lo, hi],
     hold the weighted mean (`feasible_range` brought to levels); the block's own value when no level fits."""
-    low, high = feasible_range(sparsities, params, index, lo, hi, locked)
-    first, last = math.ceil(low * m - 1e-9), min(m - 1, math.floor(high * m + 1e-9))
+    first, last = _level_range(*feasible_range(sparsities, params, index, lo, hi, locked), m)
     if first > last:
         return float(sparsities[index])
     return min(last, max(first, round(float(value) * m))) / m
@@ -106,14 +105,15 @@ def snap_to_levels(sparsities: Sequence[float], params: Sequence[int], m: int, t
     _check_bounds(lo, hi)
     if m < 2:
         raise UserError(f"an N:M pattern needs M of at least 2, not {m}.")
-    low, high = math.ceil(lo * m - 1e-9), min(m - 1, math.floor(hi * m + 1e-9))
+    low, high = _level_range(lo, hi, m)
     if low > high:
         raise UserError(f"no multiple of 1/{m} lies within [{lo:g}, {hi:g}] below {(m - 1) / m:g}: widen the "
                         f"bounds for an N:{m} pattern.")
     goal = (weighted_mean(sparsities, params) if target is None else float(target)) * m * sum(params)
     want = [float(s) * m for s in sparsities]
     levels = [min(high, max(low, round(w))) for w in want]
-    free = [i for i in range(len(levels)) if i not in set(locked) and params[i] > 0]
+    locked = set(locked)
+    free = [i for i in range(len(levels)) if i not in locked and params[i] > 0]
     excess = sum(k * w for k, w in zip(levels, params)) - goal
     while True:
         step = -1 if excess > 0 else 1
@@ -162,6 +162,11 @@ def resulting_size(params_per_block: Sequence[int], sparsities: Sequence[float],
     _check(sparsities, params_per_block)
     pruned = sum(round(w * s) for w, s in zip(params_per_block, sparsities))
     return SizeEstimate(int(sum(params_per_block)), int(pruned), int(other_params), float(bytes_per_weight))
+
+
+def _level_range(lo: float, hi: float, m: int) -> tuple[int, int]:
+    """The first and last count of m pruned (below m: a group keeps at least one) within [lo, hi]."""
+    return math.ceil(lo * m - 1e-9), min(m - 1, math.floor(hi * m + 1e-9))
 
 
 def _common_shift(values: list[float], weights: list[int], wanted: float, lo: float, hi: float) -> list[float]:
