@@ -33,6 +33,8 @@ RUNS = {
     "sparsegpt-2:4": ["--method", "sparsegpt", "--pattern", "2:4"],
     "wanda-50-stream": ["--method", "wanda", "--sparsity", "0.5", "--stream"],
     "sparsegpt-2:4-compact": ["--method", "sparsegpt", "--pattern", "2:4", "--compact"],
+    "wanda-50-recover": ["--method", "wanda", "--sparsity", "0.5", "--recover", "blockwise", "--recover-steps", "4"],
+    "shrink-recover": ["--structure", "mlp=0.25", "--recover", "blockwise", "--recover-steps", "4"],
 }
 
 
